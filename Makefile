@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv if missing and
+# installs what it needs, pinned by constraints.txt (the versions CI last passed with).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# TensorFlow's CPU-only wheel is smaller but exists only for Linux x86_64.
+TF_EXTRA := $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),tensorflow-cpu,tensorflow)
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-demo: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -c constraints.txt -e ".[$(TF_EXTRA)]"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -c constraints.txt -e ".[$(TF_EXTRA),jax,dev]"
+	touch $@ $(VENV)/.installed-demo
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/cxr demo
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

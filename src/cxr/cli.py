@@ -1,0 +1,163 @@
+"""The `cxr` command: a thin layer over the library functions of the same names."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from cxr.errors import UserError
+
+# Quiet TensorFlow's start-up chatter unless the user asked for it; must precede any keras import.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+
+def _classes(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {text!r}") from None
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="dataset folder: <Class>/images/*.png (Kaggle) or <Class>/*.png|jpg")
+    parser.add_argument("--classes", type=_classes, help="comma-separated class folders to use (default: all)")
+    parser.add_argument("--seed", type=int, help="seed for the split and training (default 42)")
+    parser.add_argument("--split-fractions", type=_fractions, help="train,val,test (default 0.8,0.1,0.1)")
+    parser.add_argument("--duplicate-distance", type=int,
+                        help="images whose 256-bit perceptual hashes differ in at most this many bits are "
+                             "copies (default 20; -1: exact copies only)")
+    parser.add_argument("--workers", type=int, help="image decoding threads (default: one per core)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classification with DenseNet169 on Keras 3.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train and evaluate on a built-in synthetic dataset (no download)")
+    demo.add_argument("--runs-dir", default="runs")
+    demo.add_argument("--epochs", type=int, default=None)
+    demo.add_argument("--per-class", type=int, default=None, help="phantom images per class")
+    demo.add_argument("--backbone", choices=["densenet169", "tiny"], default="densenet169")
+
+    split = commands.add_parser("split", help="scan a dataset and write a train/val/test split")
+    add_data_options(split)
+    split.add_argument("--out", required=True, help="folder to write the split into (must not exist)")
+
+    train = commands.add_parser("train", help="train a classifier; writes a new run folder")
+    add_data_options(train)
+    train.add_argument("--config", help="YAML file of settings (flags override it)")
+    train.add_argument("--split", help="reuse the split in this folder (train/val/test.csv)")
+    train.add_argument("--name", help="run name (the folder is runs/<time>-<name>)")
+    train.add_argument("--runs-dir", help="where run folders go (default runs)")
+    train.add_argument("--epochs", type=int, help="default 100")
+    train.add_argument("--batch-size", type=int, help="default 16")
+    train.add_argument("--image-size", type=int, help="square input size in pixels (default 224)")
+    train.add_argument("--learning-rate", type=float, help="Adamax learning rate (default 0.001)")
+    train.add_argument("--weights", help="imagenet (default), none, or a DenseNet169 no-top .h5 file")
+    train.add_argument("--backbone", choices=["densenet169", "tiny"], help="default densenet169")
+    train.add_argument("--bn-momentum", type=float,
+                       help="backbone batch-norm momentum (default: Keras' 0.99; 0.9 for short runs from scratch)")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a finished run again")
+    evaluate.add_argument("run", help="run folder (runs/<time>-<name>)")
+    evaluate.add_argument("--batch-size", type=int)
+
+    predict = commands.add_parser("predict", help="class probabilities for image files and folders")
+    predict.add_argument("model", help="a model.keras file, or a run folder")
+    predict.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    predict.add_argument("--csv", help="also write the table to this CSV file (must not exist)")
+    predict.add_argument("--batch-size", type=int, default=32)
+    return parser
+
+
+def _settings(args: argparse.Namespace, names: list[str]) -> dict:
+    return {name: getattr(args, name, None) for name in names}
+
+
+DATA_SETTINGS = ["data", "classes", "seed", "split_fractions", "duplicate_distance", "workers"]
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from cxr.demo import demo
+
+    options = {k: v for k, v in _settings(args, ["epochs", "per_class"]).items() if v is not None}
+    demo(runs_dir=args.runs_dir, backbone=args.backbone, **options)
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from cxr.config import resolve
+    from cxr.data.prepare import prepare_split, summary_table
+    from cxr.data.split import write_split
+
+    config = resolve(**_settings(args, DATA_SETTINGS))
+    out = Path(args.out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new folder for the split")
+    split = prepare_split(config)
+    write_split(split, out)
+    print(summary_table(split).to_string())
+    print(f"skipped {len(split.skipped)} file(s); {len(split.duplicates)} image(s) in duplicate groups; "
+          f"written to {out}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from cxr.config import resolve
+    from cxr.train import train
+
+    names = DATA_SETTINGS + ["split", "name", "runs_dir", "epochs", "batch_size", "image_size",
+                             "learning_rate", "weights", "backbone", "bn_momentum"]
+    train(resolve(args.config, **_settings(args, names)))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from cxr.evaluate import evaluate_run
+
+    evaluate_run(args.run, batch_size=args.batch_size)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from cxr import files
+    from cxr.predict import format_table, predict_files
+
+    model = Path(args.model)
+    if model.is_dir():
+        model = model / "model.keras"
+    if args.csv and Path(args.csv).exists():
+        raise FileExistsError(f"{args.csv} already exists; choose a new file name")
+    frame = predict_files(model, args.paths, batch_size=args.batch_size)
+    if frame.empty:
+        print("no image files found in the given paths", file=sys.stderr)
+        return 1
+    print(format_table(frame))
+    if args.csv:
+        files.write_csv(args.csv, frame)
+        print(f"written to {args.csv}")
+    return 0 if (frame["error"] == "").any() else 1
+
+
+COMMANDS = {"demo": run_demo, "split": run_split, "train": run_train, "evaluate": run_evaluate,
+            "predict": run_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, FileNotFoundError, FileExistsError) as error:
+        print(f"cxr: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""Training configuration: the reference system's hyper-parameters as defaults, YAML in and out.
+
+Precedence: defaults < YAML file (`--config`) < command-line flags. The resolved configuration
+is saved in every run as `config.yaml`, and can be fed back with `--config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cxr.errors import ConfigError
+
+BACKBONES = ("densenet169", "tiny")
+
+
+@dataclass
+class Config:
+    data: str | None = None  # dataset folder (Kaggle layout or <Class>/*.png)
+    split: str | None = None  # reuse the split in this folder instead of making one
+    name: str = "run"
+    runs_dir: str = "runs"
+    classes: list[str] | None = None  # default: every class folder found, sorted (a run saves the list)
+    image_size: int = 224
+    batch_size: int = 16
+    epochs: int = 100
+    learning_rate: float = 0.001
+    weights: str = "imagenet"  # imagenet | none | path to a DenseNet169 no-top .h5
+    backbone: str = "densenet169"  # densenet169 | tiny (a small CNN for tests and smoke runs)
+    # Momentum of the backbone's batch-norm statistics; null keeps Keras' 0.99. Short runs from
+    # scratch need 0.9, or inference-mode statistics lag the weights and validation sits at chance.
+    bn_momentum: float | None = None
+    seed: int = 42
+    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    duplicate_distance: int = 20  # perceptual-hash bits (of 256) within which images are copies
+    workers: int = 0  # image decoding threads; 0 = one per core
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first setting that cannot be used."""
+
+        def need(condition: bool, message: str) -> None:
+            if not condition:
+                raise ConfigError(message)
+
+        def integer(value: Any, low: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        need(self.data is not None or self.split is not None, "give a dataset folder (--data) or a split (--split)")
+        need(integer(self.image_size, 32), f"image_size must be an integer of at least 32, got {self.image_size!r}")
+        need(integer(self.batch_size, 1), f"batch_size must be a positive integer, got {self.batch_size!r}")
+        need(integer(self.epochs, 1), f"epochs must be a positive integer, got {self.epochs!r}")
+        need(isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0,
+             f"learning_rate must be positive, got {self.learning_rate!r}")
+        need(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        need(self.bn_momentum is None or (isinstance(self.bn_momentum, (int, float)) and 0 <= self.bn_momentum < 1),
+             f"bn_momentum must be empty or a number in [0, 1), got {self.bn_momentum!r}")
+        need(isinstance(self.weights, str) and self.weights != "",
+             "weights must be 'imagenet', 'none' or a path to a .h5 file")
+        fractions = self.split_fractions
+        need(isinstance(fractions, list) and len(fractions) == 3
+             and all(isinstance(f, (int, float)) and f > 0 for f in fractions) and abs(sum(fractions) - 1) < 1e-6,
+             f"split_fractions must be three positive numbers summing to 1, got {fractions!r}")
+        need(integer(self.duplicate_distance, -1),
+             f"duplicate_distance must be an integer of -1 or more, got {self.duplicate_distance!r}")
+        need(integer(self.seed, 0), f"seed must be a non-negative integer, got {self.seed!r}")
+        need(integer(self.workers, 0), f"workers must be 0 or more, got {self.workers!r}")
+        need(self.classes is None or (isinstance(self.classes, list) and len(self.classes) >= 2),
+             f"classes must be a list of at least 2 folder names, got {self.classes!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+FIELDS = {f.name for f in dataclasses.fields(Config)}
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping of Config fields; unknown keys are an error naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(FIELDS))}")
+    return data
+
+
+def resolve(yaml_path: str | os.PathLike | None = None, **overrides: Any) -> Config:
+    """Defaults, then the YAML file, then every override that is not None; validated."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        values.update(load_yaml(yaml_path))
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    unknown = sorted(set(values) - FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    return Config(**values).validate()

@@ -1,0 +1,94 @@
+"""Decoded images in memory and the batches Keras trains on.
+
+Each split is decoded once per run, in parallel, into one uint8 array (N, H, W, 1): one byte per
+pixel, which is the model's input contract. A persistent, memory-mapped cache can replace
+`load_images` without changing `ImageBatches`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cxr.data.images import load_image
+from cxr.errors import DatasetError, ImageError
+
+
+def load_images(
+    root: str | os.PathLike,
+    files: list[str] | pd.Series,
+    size: int,
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "decode",
+) -> np.ndarray:
+    """Decode files (relative to root) into a uint8 array (N, size, size, 1).
+
+    Raises DatasetError naming every file that no longer decodes (a reused split may point at
+    files that changed since it was made).
+    """
+    root = Path(root)
+    paths = [root / f for f in files]
+    out = np.empty((len(paths), size, size, 1), dtype=np.uint8)
+    failures = []
+
+    def load(index: int) -> None:
+        try:
+            out[index, :, :, 0] = load_image(paths[index], size)
+        except ImageError as error:
+            failures.append(f"{error.path}: {error.reason}")
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for _ in tqdm(pool.map(load, range(len(paths))), total=len(paths), desc=desc,
+                      unit="img", disable=not progress):
+            pass
+    if failures:
+        shown = "\n  ".join(sorted(failures)[:10])
+        more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+        raise DatasetError(f"{len(failures)} image(s) in the split cannot be read:\n  {shown}{more}")
+    return out
+
+
+def label_indices(labels: pd.Series | list[str], classes: list[str]) -> np.ndarray:
+    """Class indices for label names; an unknown label is an error that names it."""
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise DatasetError(f"label(s) {', '.join(unknown)} are not among the classes {', '.join(classes)}")
+    return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """(uint8 images, one-hot labels) batches over an in-memory or memory-mapped array.
+
+    With `shuffle`, the order changes every epoch, reproducibly from `seed`.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
+                 shuffle: bool = False, seed: int = 0):
+        super().__init__()
+        self.images = images
+        self.targets = keras.utils.to_categorical(labels, n_classes).astype("float32")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.rng = np.random.default_rng(seed)
+        self.order = np.arange(len(images))
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        return self.images[rows], self.targets[rows]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.images))

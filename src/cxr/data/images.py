@@ -1,0 +1,97 @@
+"""Decode any image file the tool accepts into 8-bit grayscale, with a reason when it cannot.
+
+One loader for scanning, training, evaluation and prediction, so every path sees the same pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cxr.errors import ImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def _format_of(data: bytes) -> str | None:
+    for signature, name in _SIGNATURES.items():
+        if data.startswith(signature):
+            return name
+    return None
+
+
+def to_gray8(image: np.ndarray) -> np.ndarray:
+    """Convert a decoded OpenCV image (gray, BGR, BGRA; 8 or 16 bit) to uint8 grayscale.
+
+    16-bit data is scaled by the bit depth its maximum implies (12-bit data stored in 16 bits
+    becomes full range; data that uses all 16 bits is divided by 257), so scaling is monotone
+    and does not depend on the image's contrast.
+    """
+    if image.ndim == 3:
+        if image.shape[2] == 1:
+            image = image[:, :, 0]
+        elif image.shape[2] == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        elif image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY)
+        else:
+            raise ValueError(f"unsupported number of channels: {image.shape[2]}")
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        peak = int(image.max())
+        bits = max(8, math.ceil(math.log2(peak + 1))) if peak > 0 else 8
+        scaled = image.astype(np.float32) * (255.0 / (2**bits - 1))
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    raise ValueError(f"unsupported pixel type: {image.dtype}")
+
+
+def decode_gray(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode image bytes into a uint8 grayscale array (H, W); raise ImageError if impossible."""
+    if len(data) == 0:
+        raise ImageError(path, "empty file")
+    kind = _format_of(data)
+    if kind is None:
+        raise ImageError(path, "not an image (unrecognised content)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise ImageError(path, f"{kind} cannot be decoded (truncated or corrupt)")
+    try:
+        return to_gray8(image)
+    except ValueError as error:
+        raise ImageError(path, str(error)) from None
+
+
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """Read and fully decode an image file into uint8 grayscale (H, W)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ImageError(path, f"unreadable ({error.strerror or error})") from None
+    return decode_gray(data, path)
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize a grayscale image to size x size (area interpolation when shrinking)."""
+    if image.shape == (size, size):
+        return image
+    shrinking = image.shape[0] >= size and image.shape[1] >= size
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Read an image file as the model's input: uint8 grayscale, size x size."""
+    return resize_square(read_gray(path), size)

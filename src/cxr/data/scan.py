@@ -1,0 +1,151 @@
+"""Find the classes and images of a dataset folder, and check every file by decoding it.
+
+Two layouts are read: Kaggle's `<root>/<Class>/images/*.png` (with `masks/` and the
+`*.metadata.xlsx` files beside it, which are ignored here) and a plain `<root>/<Class>/*.png|jpg`.
+Bad files do not stop a scan: they are returned with a reason, for `skipped.csv`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagehash
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from cxr.data.images import IMAGE_SUFFIXES, decode_gray
+from cxr.errors import DatasetError, ImageError
+
+IMAGE_COLUMNS = ["file", "label", "md5", "phash", "height", "width"]
+SKIPPED_COLUMNS = ["file", "label", "reason"]
+# A 16x16 DCT hash (256 bits): on the real sample, distinct radiographs differ in at least 54
+# bits, while a resized, JPEG-recompressed, re-contrasted copy differs in at most 14.
+PHASH_SIZE = 16
+
+
+@dataclass
+class Scan:
+    root: Path
+    classes: list[str]
+    layout: str  # "kaggle", "plain" or "mixed"
+    images: pd.DataFrame  # IMAGE_COLUMNS; `file` is relative to root, with "/" separators
+    skipped: pd.DataFrame  # SKIPPED_COLUMNS
+
+
+def _class_files(folder: Path) -> tuple[str, list[Path]]:
+    """The layout of one class folder and its candidate files (hidden files are ignored)."""
+    images = folder / "images"
+    layout, source = ("kaggle", images) if images.is_dir() else ("plain", folder)
+    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+    return layout, files
+
+
+def discover_classes(root: Path) -> dict[str, tuple[str, list[Path]]]:
+    """Class folders under root: those with an `images/` folder or image files of their own.
+
+    Every other file inside a class folder is a candidate too, so that a stray non-image file
+    is reported in `skipped.csv` rather than silently ignored.
+    """
+    found = {}
+    for folder in sorted(_subfolders(root)):
+        layout, files = _class_files(folder)
+        if layout == "kaggle" or any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+            found[folder.name] = (layout, files)
+    return found
+
+
+def _subfolders(root: Path) -> list[Path]:
+    """Visible subfolders (skips `.git`, `__MACOSX` and the like)."""
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
+
+
+def _resolve_root(root: Path) -> Path:
+    """Accept the folder a Kaggle download unpacks to, one level above the class folders."""
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    if discover_classes(root):
+        return root
+    subfolders = _subfolders(root)
+    if len(subfolders) == 1 and discover_classes(subfolders[0]):
+        return subfolders[0]
+    raise DatasetError(
+        f"no class folders found in {root}: expected <Class>/images/*.png (Kaggle layout) "
+        "or <Class>/*.png|jpg"
+    )
+
+
+def _check_file(path: Path) -> tuple[str, str, int, int]:
+    """Decode a file fully; return its md5, perceptual hash and size, or raise ImageError."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageError(path, f"unreadable ({error.strerror or error})") from None
+    gray = decode_gray(data, path)
+    phash = str(imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE))
+    return hashlib.md5(data).hexdigest(), phash, gray.shape[0], gray.shape[1]
+
+
+def scan_dataset(
+    root: str | os.PathLike,
+    classes: list[str] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Scan:
+    """Scan a dataset folder; raise DatasetError when it cannot make a classification task."""
+    root = _resolve_root(Path(root).expanduser())
+    found = discover_classes(root)
+    if classes:
+        missing = [name for name in classes if name not in found]
+        if missing:
+            raise DatasetError(
+                f"class folder(s) not found in {root}: {', '.join(missing)} "
+                f"(found: {', '.join(found) or 'none'})"
+            )
+        found = {name: found[name] for name in classes}
+    if len(found) < 2:
+        raise DatasetError(
+            f"{root} holds {len(found)} class folder(s) ({', '.join(found) or 'none'}); "
+            "at least 2 are needed"
+        )
+
+    jobs = [(name, path) for name, (_, files) in found.items() for path in files]
+    rows, skipped = [], []
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(_safe_check, [path for _, path in jobs])
+        bar = tqdm(results, total=len(jobs), desc="scan", unit="img", disable=not progress)
+        for (label, path), result in zip(jobs, bar, strict=True):
+            relative = path.relative_to(root).as_posix()
+            if isinstance(result, ImageError):
+                skipped.append((relative, label, result.reason))
+            else:
+                rows.append((relative, label, *result))
+
+    images = pd.DataFrame(rows, columns=IMAGE_COLUMNS)
+    counts = images["label"].value_counts()
+    empty = [name for name in found if counts.get(name, 0) == 0]
+    if empty:
+        raise DatasetError(
+            "class folder(s) without a single valid image: "
+            + ", ".join(str(root / name) for name in empty)
+        )
+    layouts = {layout for layout, _ in found.values()}
+    return Scan(
+        root=root,
+        classes=list(found),
+        layout=layouts.pop() if len(layouts) == 1 else "mixed",
+        images=images,
+        skipped=pd.DataFrame(skipped, columns=SKIPPED_COLUMNS),
+    )
+
+
+def _safe_check(path: Path) -> tuple[str, str, int, int] | ImageError:
+    try:
+        return _check_file(path)
+    except ImageError as error:
+        return error

@@ -1,0 +1,155 @@
+"""Evaluate a finished run: loss and accuracy per split, test predictions and reports.
+
+Writes into `<run>/eval/` (or `eval-2/`, `eval-3/`... when re-evaluated, so that an earlier
+evaluation is never overwritten).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+from sklearn.metrics import (  # noqa: E402
+    ConfusionMatrixDisplay,
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    log_loss,
+)
+
+from cxr import files  # noqa: E402
+from cxr.data.batches import label_indices, load_images  # noqa: E402
+from cxr.data.split import SPLITS, read_split  # noqa: E402
+from cxr.model import load_model  # noqa: E402
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: {path.name} is missing")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def new_eval_dir(run_dir: Path) -> Path:
+    """`eval/` the first time, then `eval-2/`, `eval-3/`...: earlier evaluations stay intact."""
+    for attempt in range(1, 1000):
+        candidate = run_dir / ("eval" if attempt == 1 else f"eval-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create an evaluation folder in {run_dir}")
+
+
+def cross_entropy(targets: np.ndarray, probabilities: np.ndarray, n_classes: int) -> float:
+    """Mean categorical cross-entropy of the predictions (the data term of the training loss)."""
+    return float(log_loss(targets, np.clip(probabilities, 1e-7, 1.0), labels=list(range(n_classes))))
+
+
+def predictions_frame(split: pd.DataFrame, probabilities: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    predicted = probabilities.argmax(axis=1)
+    frame = pd.DataFrame({
+        "file": split["file"].to_numpy(),
+        "true_label": split["label"].to_numpy(),
+        "predicted_label": np.array(classes)[predicted],
+        "correct": split["label"].to_numpy() == np.array(classes)[predicted],
+    })
+    for i, name in enumerate(classes):
+        frame[f"p_{name}"] = probabilities[:, i]
+    return frame
+
+
+def report_frame(report: dict, support: int) -> pd.DataFrame:
+    """scikit-learn's report dict as a table; its overall accuracy becomes a row of its own."""
+    rows = [{"class": key, **values} for key, values in report.items() if isinstance(values, dict)]
+    if "accuracy" in report:
+        rows.append({"class": "accuracy", "precision": None, "recall": None,
+                     "f1-score": report["accuracy"], "support": support})
+    frame = pd.DataFrame(rows, columns=["class", "precision", "recall", "f1-score", "support"])
+    return frame.astype({"support": int})
+
+
+def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
+    """Counts on the left, rows normalised to recall on the right."""
+    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
+        ax=axes[0], cmap="Blues", colorbar=False, xticks_rotation=30, values_format="d")
+    axes[0].set_title("Test set: counts")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.nan_to_num(matrix / matrix.sum(axis=1, keepdims=True))
+    ConfusionMatrixDisplay(normalised, display_labels=classes).plot(
+        ax=axes[1], cmap="Blues", colorbar=False, xticks_rotation=30, values_format=".2f")
+    axes[1].set_title("Test set: fraction of each true class")
+    figure.tight_layout()
+    files.write_with(path, lambda tmp: figure.savefig(tmp, dpi=110))
+    plt.close(figure)
+    return path
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    images: dict[str, np.ndarray] | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+    echo=print,
+) -> dict:
+    """Evaluate `<run>/model.keras` on the run's train, val and test splits; return metrics.
+
+    `images` may hold already decoded split arrays (training passes them) to avoid decoding twice.
+    """
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    classes = list(config["classes"])
+    model_path = run_dir / "model.keras"
+    model = load_model(model_path)
+    size = int(model.input_shape[1])
+    batch_size = batch_size or max(32, int(config.get("batch_size", 16)))
+    split = read_split(run_dir / "split")
+    out = new_eval_dir(run_dir)
+
+    metrics = {"run": run_dir.name, "model": model_path.name, "classes": classes, "splits": {}}
+    for name in SPLITS:
+        frame = split.frames[name]
+        if len(frame) == 0:
+            continue
+        array = images[name] if images and name in images else load_images(
+            config["data"], frame["file"], size, config.get("workers", 0), progress, desc=f"decode {name}")
+        probabilities = model.predict(array, batch_size=batch_size, verbose=0)
+        truth = label_indices(frame["label"], classes)
+        metrics["splits"][name] = {
+            "images": int(len(frame)),
+            "loss": cross_entropy(truth, probabilities, len(classes)),
+            "accuracy": float(accuracy_score(truth, probabilities.argmax(axis=1))),
+        }
+        files.write_csv(out / f"predictions_{name}.csv", predictions_frame(frame, probabilities, classes))
+        if name == "test":
+            test_truth, test_predicted = truth, probabilities.argmax(axis=1)
+
+    if "test" in metrics["splits"]:
+        labels = list(range(len(classes)))
+        matrix = confusion_matrix(test_truth, test_predicted, labels=labels)
+        files.write_csv(out / "confusion_matrix.csv",
+                        pd.DataFrame(matrix, index=pd.Index(classes, name="true \\ predicted"), columns=classes),
+                        index=True)
+        plot_confusion_matrix(matrix, classes, out / "confusion_matrix.png")
+        report_args = dict(labels=labels, target_names=classes, zero_division=0)
+        files.write_text(out / "classification_report.txt",
+                         classification_report(test_truth, test_predicted, digits=4, **report_args))
+        report = classification_report(test_truth, test_predicted, output_dict=True, **report_args)
+        files.write_csv(out / "classification_report.csv", report_frame(report, len(test_truth)))
+    files.write_json(out / "metrics.json", metrics)
+
+    echo(f"evaluation of {model_path} -> {out}")
+    for name, values in metrics["splits"].items():
+        echo(f"  {name:<5}  {values['images']:>6} images  loss {values['loss']:.4f}  "
+             f"accuracy {values['accuracy']:.4f}")
+    metrics["eval_dir"] = str(out)
+    return metrics

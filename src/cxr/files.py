@@ -1,0 +1,81 @@
+"""Atomic file output and run folders.
+
+Every file a run writes goes through these helpers, so a crash or a kill never leaves a
+half-written file behind and a new run never overwrites an earlier one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary name keeps the final suffix (Keras and matplotlib choose the format by it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame, **kwargs: Any) -> Path:
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, **kwargs)
+    return Path(path)
+
+
+def write_with(path: str | os.PathLike, save: Callable[[Path], Any]) -> Path:
+    """Atomically write a file that a library saves itself (a Keras model, a figure)."""
+    with atomic_path(path) as tmp:
+        save(tmp)
+    return Path(path)
+
+
+def new_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
+    """Create and return `runs_dir/<YYYYmmdd-HHMMSS>-<name>`, never reusing an existing folder."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
+    root = Path(runs_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
+    for attempt in range(1, 1000):
+        candidate = root / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise RuntimeError(f"could not create a new run folder under {root}")

@@ -1,0 +1,180 @@
+"""The classifier: uint8 grayscale in, class probabilities out.
+
+Conversion to float, gray-to-RGB, ImageNet normalisation and (in training only) horizontal
+flips are layers of the model, so fit, predict, export and serving all feed the same bytes.
+They are built-in Keras layers without weights, so a saved model loads with `safe_mode` and no
+custom objects, and ImageNet weights files line up with the backbone layer for layer.
+
+The backbone is built on the preprocessed tensor (`input_tensor=`), which keeps its layers in the
+top-level model: Grad-CAM can reach `relu`, DenseNet169's last convolutional activation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from cxr.config import BACKBONES
+from cxr.errors import WeightsError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+DENSENET169_NOTOP_FILE = "densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5"
+DENSENET169_NOTOP_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/densenet/" + DENSENET169_NOTOP_FILE
+)
+DENSENET169_NOTOP_MD5 = "b8c4d4c20dd625c148057b9ff1c1176b"
+LAST_CONV_LAYER = {"densenet169": "relu", "tiny": "tiny_relu3"}
+
+
+def preprocess(inputs: keras.KerasTensor) -> keras.KerasTensor:
+    """uint8 gray (H, W, 1) -> float RGB normalised as DenseNet's ImageNet weights expect."""
+    rgb = layers.Concatenate(axis=-1, name="gray_to_rgb")([inputs, inputs, inputs])
+    # x / 255 then (x - mean) / std, per channel, in one weightless layer.
+    normalised = layers.Rescaling(
+        scale=(1.0 / (255.0 * IMAGENET_STD)).tolist(),
+        offset=(-IMAGENET_MEAN / IMAGENET_STD).tolist(),
+        name="imagenet_normalise",
+    )(rgb)
+    return layers.RandomFlip("horizontal", name="train_flip")(normalised)
+
+
+def _tiny_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
+    """A three-block CNN for fast tests and smoke runs; same head and contract as DenseNet169."""
+    for index, filters in enumerate((16, 32, 64), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"tiny_conv{index}")(x)
+        x = layers.BatchNormalization(name=f"tiny_bn{index}")(x)
+        x = layers.Activation("relu", name=f"tiny_relu{index}")(x)
+        if index < 3:
+            x = layers.MaxPooling2D(name=f"tiny_pool{index}")(x)
+    return layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+
+def head(features: keras.KerasTensor, n_classes: int) -> keras.KerasTensor:
+    """The reference system's dense head on the pooled backbone features."""
+    x = layers.BatchNormalization(momentum=0.99, epsilon=0.001, name="head_bn")(features)
+    x = layers.Dense(
+        256,
+        activation="relu",
+        kernel_regularizer=keras.regularizers.l2(0.016),
+        activity_regularizer=keras.regularizers.l1(0.006),
+        bias_regularizer=keras.regularizers.l1(0.006),
+        name="head_dense",
+    )(x)
+    x = layers.Dropout(0.45, name="head_dropout")(x)
+    return layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+
+
+def imagenet_weights_path() -> Path:
+    """Keras' cached DenseNet169 ImageNet weights (no top), downloading them on first use."""
+    try:
+        return Path(
+            keras.utils.get_file(
+                DENSENET169_NOTOP_FILE,
+                DENSENET169_NOTOP_URL,
+                cache_subdir="models",
+                file_hash=DENSENET169_NOTOP_MD5,
+            )
+        )
+    except Exception as error:  # get_file raises bare Exception on network failure
+        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+        raise WeightsError(
+            f"could not get the ImageNet weights for DenseNet169 ({error}).\n"
+            f"Without internet, download {DENSENET169_NOTOP_URL} on another machine and either "
+            f"put it in {cache}/ or pass its path with --weights PATH; "
+            "--weights none trains from scratch."
+        ) from None
+
+
+def resolve_weights(weights: str | os.PathLike | None, backbone: str = "densenet169") -> Path | None:
+    """The local weights file for a `--weights` value (downloading ImageNet weights if needed).
+
+    Called before any long work, so a missing file or network fails in seconds, not after a scan.
+    """
+    if weights in (None, "none"):
+        return None
+    if backbone != "densenet169":
+        raise WeightsError(f"the {backbone} backbone has no pretrained weights; pass --weights none")
+    if weights == "imagenet":
+        return imagenet_weights_path()
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    return path
+
+
+def load_backbone_weights(model: keras.Model, path: str | os.PathLike, image_size: int) -> None:
+    """Load DenseNet169 (include_top=False) weights from a local .h5 into the model's backbone.
+
+    The file is loaded into a standalone DenseNet169 first, then copied layer by layer by name,
+    so Keras' own files (legacy .h5) and Keras 3 `.weights.h5` files both work.
+    """
+    path = Path(path)
+    reference = keras.applications.DenseNet169(
+        include_top=False, weights=None, input_shape=(image_size, image_size, 3), pooling="max"
+    )
+    try:
+        reference.load_weights(path)
+    except Exception as error:
+        raise WeightsError(
+            f"{path} does not hold DenseNet169 weights without the top (include_top=False): {error}"
+        ) from None
+    for layer in reference.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def build_model(
+    n_classes: int,
+    image_size: int = 224,
+    weights: str | None = "imagenet",
+    backbone: str = "densenet169",
+    bn_momentum: float | None = None,
+) -> keras.Model:
+    """Build the classifier; `weights` is "imagenet", "none"/None, or a path to a .h5 file.
+
+    `bn_momentum` replaces the momentum of the backbone's batch-norm layers (the head keeps 0.99).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+    if n_classes < 2:
+        raise ValueError(f"need at least 2 classes, got {n_classes}")
+    inputs = keras.Input((image_size, image_size, 1), dtype="uint8", name="image")
+    x = preprocess(inputs)
+    if backbone == "densenet169":
+        features = keras.applications.DenseNet169(
+            include_top=False, weights=None, input_tensor=x, pooling="max"
+        ).output
+    else:
+        features = _tiny_backbone(x)
+    model = keras.Model(inputs, head(features, n_classes), name=f"cxr_{backbone}")
+    if bn_momentum is not None:
+        for layer in model.layers:
+            if isinstance(layer, layers.BatchNormalization) and layer.name != "head_bn":
+                layer.momentum = float(bn_momentum)
+    path = resolve_weights(weights, backbone)
+    if path is not None:
+        load_backbone_weights(model, path, image_size)
+    return model
+
+
+def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
+    """Adamax, categorical cross-entropy and accuracy, as in the reference system."""
+    model.compile(
+        optimizer=keras.optimizers.Adamax(learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Load a saved classifier safely (no deserialised code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    return keras.saving.load_model(path, safe_mode=True)

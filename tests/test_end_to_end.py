@@ -1,0 +1,77 @@
+"""The real DenseNet169 through the real command line: train -> evaluate -> predict, and the demo.
+
+Slow by nature (graph building dominates); CI runs them under TensorFlow and JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def cxr(*args: str, backend: str = "tensorflow", cwd: Path | None = None, timeout: int = 900) -> str:
+    """Run `python -m cxr ARGS` as a user would, with no standard input; return its stdout."""
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    result = subprocess.run([sys.executable, "-m", "cxr", *args], capture_output=True, text=True, env=env,
+                            cwd=cwd, stdin=subprocess.DEVNULL, timeout=timeout)
+    assert result.returncode == 0, f"cxr {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def only_run(runs: Path) -> Path:
+    folders = [p for p in runs.iterdir() if p.is_dir() and p.name != "demo-data"]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_train_evaluate_predict_on_the_real_sample(sample, tmp_path, backend):
+    runs = tmp_path / "runs"
+    printed = cxr("train", "--data", str(sample), "--name", "e2e", "--runs-dir", str(runs), "--weights", "none",
+                  "--image-size", "32", "--epochs", "2", "--batch-size", "16", backend=backend)
+    run = only_run(runs)
+    assert run.name.endswith("-e2e")
+    assert "epoch 1/2" in printed and "epoch 2/2" in printed and f"backend {backend}" in printed
+    assert "13,076,547 parameters" in printed  # DenseNet169 + head for the sample's 3 classes
+
+    history = pd.read_csv(run / "history.csv")
+    assert history["epoch"].tolist() == [1, 2] and history["val_loss"].notna().all()
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["classes"] == ["COVID", "Normal", "Viral Pneumonia"]
+    assert {k: v["images"] for k, v in metrics["splits"].items()} == {"train": 360, "val": 45, "test": 45}
+    predictions = pd.read_csv(run / "eval" / "predictions_test.csv")
+    assert len(predictions) == 45
+    assert metrics["splits"]["test"]["accuracy"] == pytest.approx(predictions["correct"].mean())
+    assert "Viral Pneumonia" in (run / "eval" / "classification_report.txt").read_text()
+    assert (run / "eval" / "confusion_matrix.png").stat().st_size > 10_000
+
+    again = cxr("evaluate", str(run), backend=backend)
+    assert "eval-2" in again
+    assert json.loads((run / "eval-2" / "metrics.json").read_text())["splits"]["test"]["accuracy"] == \
+        metrics["splits"]["test"]["accuracy"]
+
+    out_csv = tmp_path / "predictions.csv"
+    table = cxr("predict", str(run / "model.keras"), str(sample / "Viral Pneumonia" / "images"),
+                "--csv", str(out_csv), backend=backend)
+    assert "Viral Pneumonia-" in table
+    predicted = pd.read_csv(out_csv)
+    assert len(predicted) == 150 and (predicted["error"].isna() | (predicted["error"] == "")).all()
+
+
+def test_demo_beats_chance_clearly(tmp_path):
+    printed = cxr("demo", "--runs-dir", str(tmp_path))
+    run = only_run(tmp_path)
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["classes"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    assert metrics["splits"]["test"]["images"] == 60
+    assert metrics["splits"]["test"]["accuracy"] >= 0.6, metrics  # chance is 0.25
+    assert "Demo finished. Look at:" in printed and str(run / "eval" / "confusion_matrix.png") in printed
+    assert len(pd.read_csv(run / "history.csv")) == 10

@@ -1,0 +1,34 @@
+import pandas as pd
+import pytest
+
+from cxr import files
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out.json"
+    files.write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError), files.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-way")
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
+
+
+def test_atomic_temporary_keeps_the_suffix_libraries_choose_formats_by(tmp_path):
+    with files.atomic_path(tmp_path / "model.keras") as tmp:
+        assert tmp.suffix == ".keras" and tmp.parent == tmp_path
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "model.keras").read_bytes() == b"x"
+
+
+def test_csv_is_written_without_index(tmp_path):
+    files.write_csv(tmp_path / "t.csv", pd.DataFrame({"a": [1, 2]}))
+    assert (tmp_path / "t.csv").read_text() == "a\n1\n2\n"
+
+
+def test_run_folders_are_never_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr(files.time, "strftime", lambda fmt: "20260101-000000")  # two runs in one second
+    first = files.new_run_dir(tmp_path, "my run/1")
+    second = files.new_run_dir(tmp_path, "my run/1")
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.name == "20260101-000000-my-run-1" and second.name == "20260101-000000-my-run-1-2"

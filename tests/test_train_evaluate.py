@@ -1,0 +1,106 @@
+"""Training and evaluation with the tiny backbone on phantoms: the run folder's contract."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from cxr.cli import main
+from cxr.config import resolve
+from cxr.data.split import SPLITS
+from cxr.evaluate import cross_entropy, report_frame
+from cxr.train import train
+
+
+def test_a_run_folder_holds_everything_it_promises(tiny_run):
+    names = sorted(p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*") if p.is_file())
+    assert names == [
+        "checkpoints/best.keras", "checkpoints/last.keras", "config.yaml",
+        "eval/classification_report.csv", "eval/classification_report.txt", "eval/confusion_matrix.csv",
+        "eval/confusion_matrix.png", "eval/metrics.json", "eval/predictions_test.csv",
+        "eval/predictions_train.csv", "eval/predictions_val.csv", "history.csv", "model.keras",
+        "split/dataset.yaml", "split/duplicates.csv", "split/skipped.csv", "split/test.csv",
+        "split/train.csv", "split/val.csv",
+    ]
+
+
+def test_history_has_one_row_per_epoch_with_learning_rate_and_time(tiny_run):
+    history = pd.read_csv(tiny_run / "history.csv")
+    assert list(history.columns) == [
+        "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
+    assert history["epoch"].tolist() == [1, 2]
+    assert (history["learning_rate"] == 0.001).all() and (history["seconds"] > 0).all()
+
+
+def test_config_records_the_resolved_classes_and_data(tiny_run, phantoms):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["classes"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    assert config["data"] == str(phantoms) and config["epochs"] == 2 and config["backbone"] == "tiny"
+
+
+def test_metrics_agree_with_the_predictions_files(tiny_run):
+    metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
+    assert set(metrics["splits"]) == set(SPLITS)
+    for name in SPLITS:
+        predictions = pd.read_csv(tiny_run / "eval" / f"predictions_{name}.csv")
+        split = pd.read_csv(tiny_run / "split" / f"{name}.csv")
+        assert predictions["file"].tolist() == split["file"].tolist()
+        assert metrics["splits"][name]["images"] == len(split)
+        assert metrics["splits"][name]["accuracy"] == pytest.approx(predictions["correct"].mean())
+    test = pd.read_csv(tiny_run / "eval" / "predictions_test.csv")
+    matrix = pd.read_csv(tiny_run / "eval" / "confusion_matrix.csv", index_col=0)
+    assert matrix.to_numpy().sum() == len(test)
+    assert sum(matrix.loc[c, c] for c in matrix.columns) == test["correct"].sum()
+    report = pd.read_csv(tiny_run / "eval" / "classification_report.csv").set_index("class")
+    assert report.loc["accuracy", "f1-score"] == pytest.approx(test["correct"].mean())
+    assert report.loc["COVID", "support"] == (test["true_label"] == "COVID").sum()
+
+
+def test_re_evaluation_writes_a_new_folder_and_agrees(tiny_run, capsys):
+    assert main(["evaluate", str(tiny_run)]) == 0
+    printed = capsys.readouterr().out
+    assert "test" in printed and "accuracy" in printed
+    first = json.loads((tiny_run / "eval" / "metrics.json").read_text())
+    again = json.loads((tiny_run / "eval-2" / "metrics.json").read_text())
+    for name in SPLITS:
+        assert again["splits"][name]["accuracy"] == first["splits"][name]["accuracy"]
+        assert again["splits"][name]["loss"] == pytest.approx(first["splits"][name]["loss"], rel=1e-5)
+
+
+def test_a_split_can_be_reused(tiny_run, tmp_path):
+    config = resolve(split=str(tiny_run / "split"), runs_dir=str(tmp_path), backbone="tiny", weights="none",
+                     image_size=32, epochs=1, batch_size=8)
+    run = train(config, progress=False, echo=lambda *_: None)
+    for name in SPLITS:
+        assert (run / "split" / f"{name}.csv").read_text() == (tiny_run / "split" / f"{name}.csv").read_text()
+
+
+def test_cross_entropy_is_the_mean_negative_log_probability_of_the_truth():
+    import numpy as np
+
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    expected = -(np.log(0.7) + np.log(0.8)) / 2
+    assert cross_entropy(np.array([0, 2]), probabilities, 3) == pytest.approx(expected)
+
+
+def test_report_frame_keeps_accuracy_as_its_own_row():
+    report = {"a": {"precision": 1.0, "recall": 0.5, "f1-score": 0.667, "support": 2}, "accuracy": 0.75}
+    frame = report_frame(report, 4)
+    assert frame["class"].tolist() == ["a", "accuracy"]
+    assert frame.loc[1, "f1-score"] == 0.75 and frame.loc[1, "support"] == 4
+
+
+def test_weights_problems_fail_before_any_run_folder_is_made(tmp_path, phantoms, capsys):
+    code = main(["train", "--data", str(phantoms), "--weights", str(tmp_path / "nope.h5"),
+                 "--runs-dir", str(tmp_path / "runs")])
+    assert code == 2
+    assert "weights file not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_dataset_is_a_clear_cli_error(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "none"), "--weights", "none",
+                 "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
