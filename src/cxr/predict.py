@@ -84,7 +84,8 @@ def format_table(frame: pd.DataFrame) -> str:
         if column == "probability" or column.startswith("p_"):
             shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     shown.loc[frame["error"] != "", "predicted"] = "(unreadable)"
-    text = shown.to_string(index=False)
+    width = int(shown["file"].str.len().max())
+    text = shown.to_string(index=False, formatters={"file": lambda f: f"{f:<{width}}"})
     errors = frame[frame["error"] != ""]
     if len(errors):
         text += "\n\nunreadable:\n" + "\n".join(f"  {r.file}: {r.error}" for r in errors.itertuples())

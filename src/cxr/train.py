@@ -24,7 +24,11 @@ from cxr.model import build_model, compile_model, resolve_weights
 
 def train(config: Config, progress: bool = True, echo=print) -> Path:
     """Run a training job described by a validated Config; return its run folder."""
-    weights = resolve_weights(config.weights, config.backbone)  # fail fast, before any long work
+    # Fail fast, before any long work: missing folders, then missing weights.
+    for kind, folder in (("dataset", config.data), ("split", config.split)):
+        if folder and not Path(folder).expanduser().is_dir():
+            raise DatasetError(f"{kind} folder not found: {folder}")
+    weights = resolve_weights(config.weights, config.backbone)
     split = prepare_split(config, progress, echo)
     run_dir = files.new_run_dir(config.runs_dir, config.name)
     echo(f"run folder: {run_dir}")
@@ -57,13 +61,13 @@ def train(config: Config, progress: bool = True, echo=print) -> Path:
     checkpoints = Checkpoints(run_dir / "checkpoints")
     echo(f"training {model.name} ({model.count_params():,} parameters) for {config.epochs} epoch(s) "
          f"at {config.image_size}px, batch {config.batch_size}, backend {keras.backend.backend()}")
-    model.fit(
-        train_batches,
-        validation_data=val_batches,
-        epochs=config.epochs,
-        callbacks=[checkpoints, EpochLog(run_dir / "history.csv", config.epochs, echo)],
-        verbose=1 if progress and sys.stdout.isatty() else 0,
-    )
+    # On a terminal, Keras' progress bar; its logger goes before EpochLog so that the epoch line is
+    # printed after the bar's last update rather than inside it. Elsewhere, the epoch lines only.
+    bar = progress and sys.stdout.isatty()
+    callbacks = [checkpoints, *([keras.callbacks.ProgbarLogger()] if bar else []),
+                 EpochLog(run_dir / "history.csv", config.epochs, echo)]
+    model.fit(train_batches, validation_data=val_batches, epochs=config.epochs, callbacks=callbacks,
+              verbose=1 if bar else 0)
     if checkpoints.best_path.is_file():
         kept = checkpoints.best_path
         echo(f"best epoch {checkpoints.best_epoch} (val_loss {checkpoints.best:.4f}) kept as model.keras")
