@@ -9,14 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from sklearn.metrics import (
     ConfusionMatrixDisplay,
     accuracy_score,
     classification_report,
@@ -24,10 +21,10 @@ from sklearn.metrics import (  # noqa: E402
     log_loss,
 )
 
-from cxr import files  # noqa: E402
-from cxr.data.batches import label_indices, load_images  # noqa: E402
-from cxr.data.split import SPLITS, read_split  # noqa: E402
-from cxr.model import load_model  # noqa: E402
+from cxr import files
+from cxr.data.batches import label_indices, load_images
+from cxr.data.split import SPLITS, read_split
+from cxr.model import load_model
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
@@ -79,7 +76,8 @@ def report_frame(report: dict, support: int) -> pd.DataFrame:
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
     """Counts on the left, rows normalised to recall on the right."""
-    figure, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    figure = Figure(figsize=(13, 5.5))  # no pyplot: no global state, no GUI backend
+    axes = figure.subplots(1, 2)
     ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
         ax=axes[0], cmap="Blues", colorbar=False, xticks_rotation=30, values_format="d")
     axes[0].set_title("Test set: counts")
@@ -89,9 +87,7 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) ->
         ax=axes[1], cmap="Blues", colorbar=False, xticks_rotation=30, values_format=".2f")
     axes[1].set_title("Test set: fraction of each true class")
     figure.tight_layout()
-    files.write_with(path, lambda tmp: figure.savefig(tmp, dpi=110))
-    plt.close(figure)
-    return path
+    return files.write_with(path, lambda tmp: figure.savefig(tmp, dpi=110))
 
 
 def evaluate_run(
