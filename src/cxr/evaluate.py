@@ -34,18 +34,6 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def new_eval_dir(run_dir: Path) -> Path:
-    """`eval/` the first time, then `eval-2/`, `eval-3/`...: earlier evaluations stay intact."""
-    for attempt in range(1, 1000):
-        candidate = run_dir / ("eval" if attempt == 1 else f"eval-{attempt}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create an evaluation folder in {run_dir}")
-
-
 def cross_entropy(targets: np.ndarray, probabilities: np.ndarray, n_classes: int) -> float:
     """Mean categorical cross-entropy of the predictions (the data term of the training loss)."""
     return float(log_loss(targets, np.clip(probabilities, 1e-7, 1.0), labels=list(range(n_classes))))
@@ -109,7 +97,7 @@ def evaluate_run(
     size = int(model.input_shape[1])
     batch_size = batch_size or max(32, int(config.get("batch_size", 16)))
     split = read_split(run_dir / "split")
-    out = new_eval_dir(run_dir)
+    out = files.new_numbered_dir(run_dir / "eval")  # eval/, then eval-2/...: earlier results stay
 
     metrics = {"run": run_dir.name, "model": model_path.name, "classes": classes, "splits": {}}
     for name in SPLITS:

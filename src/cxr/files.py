@@ -70,12 +70,20 @@ def new_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
     root = Path(runs_dir)
     root.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
+    return new_numbered_dir(root / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}")
+
+
+def new_numbered_dir(base: str | os.PathLike) -> Path:
+    """Create `base`, or `base-2`, `base-3`... if taken; an existing folder is never reused.
+
+    `mkdir` itself decides, so two processes racing for the same name get different folders.
+    """
+    base = Path(base)
     for attempt in range(1, 1000):
-        candidate = root / (stem if attempt == 1 else f"{stem}-{attempt}")
+        candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
         try:
             candidate.mkdir()
         except FileExistsError:
             continue
         return candidate
-    raise RuntimeError(f"could not create a new run folder under {root}")
+    raise RuntimeError(f"could not create a new folder named like {base}")

@@ -74,13 +74,17 @@ def decode_gray(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
         raise ImageError(path, str(error)) from None
 
 
-def read_gray(path: str | os.PathLike) -> np.ndarray:
-    """Read and fully decode an image file into uint8 grayscale (H, W)."""
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """A file's bytes, or ImageError("unreadable (...)") for a missing or unreadable file."""
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as error:
         raise ImageError(path, f"unreadable ({error.strerror or error})") from None
-    return decode_gray(data, path)
+
+
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """Read and fully decode an image file into uint8 grayscale (H, W)."""
+    return decode_gray(read_bytes(path), path)
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from cxr.data.images import IMAGE_SUFFIXES, decode_gray
+from cxr.data.images import IMAGE_SUFFIXES, decode_gray, read_bytes
 from cxr.errors import DatasetError, ImageError
 
 IMAGE_COLUMNS = ["file", "label", "md5", "phash", "height", "width"]
@@ -81,10 +81,7 @@ def _resolve_root(root: Path) -> Path:
 
 def _check_file(path: Path) -> tuple[str, str, int, int]:
     """Decode a file fully; return its md5, perceptual hash and size, or raise ImageError."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise ImageError(path, f"unreadable ({error.strerror or error})") from None
+    data = read_bytes(path)
     gray = decode_gray(data, path)
     phash = str(imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE))
     return hashlib.md5(data).hexdigest(), phash, gray.shape[0], gray.shape[1]
