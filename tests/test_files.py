@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pandas as pd
 import pytest
 
@@ -32,3 +35,10 @@ def test_run_folders_are_never_reused(tmp_path, monkeypatch):
     second = files.new_run_dir(tmp_path, "my run/1")
     assert first != second and first.is_dir() and second.is_dir()
     assert first.name == "20260101-000000-my-run-1" and second.name == "20260101-000000-my-run-1-2"
+
+
+def test_written_files_get_the_usual_permissions_not_the_temporary_files_private_ones(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    path = files.write_text(tmp_path / "a.txt", "x")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # e.g. rw-r--r--, as `open` would give
