@@ -15,22 +15,29 @@ from cxr.train import train
 
 def test_a_run_folder_holds_everything_it_promises(tiny_run):
     names = sorted(p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*") if p.is_file())
-    assert names == [
-        "checkpoints/best.keras", "checkpoints/last.keras", "config.yaml",
+    best = json.loads((tiny_run / "checkpoints" / "state.json").read_text())["best_model"]
+    assert names == sorted([
+        ".lock", f"checkpoints/{best}", "checkpoints/epoch-0002.keras", "checkpoints/state.json", "config.yaml",
         "eval/classification_report.csv", "eval/classification_report.txt", "eval/confusion_matrix.csv",
         "eval/confusion_matrix.png", "eval/metrics.json", "eval/predictions_test.csv",
         "eval/predictions_train.csv", "eval/predictions_val.csv", "history.csv", "model.keras",
         "split/dataset.yaml", "split/duplicates.csv", "split/skipped.csv", "split/test.csv",
         "split/train.csv", "split/val.csv",
-    ]
+    ])
 
 
-def test_history_has_one_row_per_epoch_with_learning_rate_and_time(tiny_run):
-    history = pd.read_csv(tiny_run / "history.csv")
+def test_history_has_one_row_per_epoch_with_learning_rate_time_and_decision(tiny_run):
+    history = pd.read_csv(tiny_run / "history.csv", keep_default_na=False)
     assert list(history.columns) == [
-        "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
+        "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
+        "monitor", "improvement_pct", "next_learning_rate", "weights_restored", "action", "answer"]
     assert history["epoch"].tolist() == [1, 2]
-    assert (history["learning_rate"] == 0.001).all() and (history["seconds"] > 0).all()
+    assert history.loc[0, "learning_rate"] == 0.001 and (history["seconds"] > 0).all()
+    assert set(history["monitor"]) <= {"accuracy", "val_loss"} and history.loc[0, "action"].endswith("best")
+    # The rate of epoch 2 is the one the controller chose after epoch 1.
+    assert history.loc[1, "learning_rate"] == history.loc[0, "next_learning_rate"]
+    state = json.loads((tiny_run / "checkpoints" / "state.json").read_text())
+    assert state["status"] == "finished" and state["epoch"] == 2 and len(state["history"]) == 2
 
 
 def test_config_records_the_resolved_classes_and_data(tiny_run, phantoms):

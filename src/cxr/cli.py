@@ -64,6 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", choices=["densenet169", "tiny"], help="default densenet169")
     train.add_argument("--bn-momentum", type=float,
                        help="backbone batch-norm momentum (default: Keras' 0.99; 0.9 for short runs from scratch)")
+    control = train.add_argument_group("learning-rate controller and training control (the reference's callback)")
+    control.add_argument("--threshold", type=float,
+                         help="monitor training accuracy until it reaches this, then val_loss (default 0.9)")
+    control.add_argument("--patience", type=int, help="epochs without improvement before the rate drops (default 1)")
+    control.add_argument("--factor", type=float, help="multiply the learning rate by this on a drop (default 0.5)")
+    control.add_argument("--stop-patience", type=int,
+                         help="stop after this many drops without improvement (default 3)")
+    control.add_argument("--no-dwell", dest="dwell", action="store_false", default=None,
+                         help="keep the current weights on a drop instead of going back to the best")
+    control.add_argument("--ask-epoch", type=int,
+                         help="after this epoch ask whether to go on (default 5; 0 never; only on a terminal)")
+    control.add_argument("--deterministic", action="store_true", default=None,
+                         help="deterministic kernels: the same seed gives the same history")
+    control.add_argument("--resume", metavar="RUN",
+                         help="continue this run from its last completed epoch (with --epochs: train to that epoch)")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a finished run again")
     evaluate.add_argument("run", help="run folder (runs/<time>-<name>)")
@@ -114,7 +129,19 @@ def run_train(args: argparse.Namespace) -> int:
     from cxr.train import train
 
     names = DATA_SETTINGS + ["split", "name", "runs_dir", "epochs", "batch_size", "image_size",
-                             "learning_rate", "weights", "backbone", "bn_momentum"]
+                             "learning_rate", "weights", "backbone", "bn_momentum", "threshold", "patience",
+                             "factor", "stop_patience", "dwell", "ask_epoch", "deterministic"]
+    if args.resume:
+        from cxr.train import resume
+
+        others = [name for name, value in _settings(args, names + ["config"]).items()
+                  if value is not None and name != "epochs"]
+        if others:
+            flags = ", ".join("--" + name.replace("_", "-") for name in others)
+            raise UserError(f"--resume continues a run with its saved settings; only --epochs may be given "
+                            f"with it, not {flags}")
+        resume(args.resume, epochs=args.epochs)
+        return 0
     train(resolve(args.config, **_settings(args, names)))
     return 0
 
@@ -155,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (UserError, FileNotFoundError, FileExistsError) as error:
-        print(f"cxr: error: {error}", file=sys.stderr)
-        return 2
+        kind = "stopped" if hasattr(error, "exit_code") else "error"  # an interrupted run is not an error
+        print(f"cxr: {kind}: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("cxr: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

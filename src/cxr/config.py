@@ -39,6 +39,16 @@ class Config:
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     duplicate_distance: int = 20  # perceptual-hash bits (of 256) within which images are copies
     workers: int = 0  # image decoding threads; 0 = one per core
+    # The reference's learning-rate controller (see cxr.adaptive): monitor training accuracy until
+    # `threshold`, then val_loss; after `patience` epochs without improvement multiply the rate by
+    # `factor` (and with `dwell` go back to the best weights); stop after `stop_patience` reductions.
+    threshold: float = 0.9
+    patience: int = 1
+    factor: float = 0.5
+    stop_patience: int = 3
+    dwell: bool = True
+    ask_epoch: int | None = 5  # ask whether to go on after this epoch (terminal only); 0/null: never
+    deterministic: bool = False  # deterministic kernels: same seed, same history (can be slower on GPU)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first setting that cannot be used."""
@@ -71,6 +81,16 @@ class Config:
         need(integer(self.workers, 0), f"workers must be 0 or more, got {self.workers!r}")
         need(self.classes is None or (isinstance(self.classes, list) and len(self.classes) >= 2),
              f"classes must be a list of at least 2 folder names, got {self.classes!r}")
+        need(isinstance(self.threshold, (int, float)) and 0 <= self.threshold <= 1,
+             f"threshold must be a number in [0, 1], got {self.threshold!r}")
+        need(integer(self.patience, 1), f"patience must be a positive integer, got {self.patience!r}")
+        need(isinstance(self.factor, (int, float)) and 0 < self.factor <= 1,
+             f"factor must be a number in (0, 1], got {self.factor!r}")
+        need(integer(self.stop_patience, 1), f"stop_patience must be a positive integer, got {self.stop_patience!r}")
+        need(isinstance(self.dwell, bool), f"dwell must be true or false, got {self.dwell!r}")
+        need(self.ask_epoch is None or integer(self.ask_epoch, 0),
+             f"ask_epoch must be empty or an integer of 0 or more, got {self.ask_epoch!r}")
+        need(isinstance(self.deterministic, bool), f"deterministic must be true or false, got {self.deterministic!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

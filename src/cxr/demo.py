@@ -54,7 +54,7 @@ def demo(
     config = resolve(
         data=str(data), name="demo", runs_dir=runs_dir, image_size=image_size, epochs=epochs,
         batch_size=DEMO_DEFAULTS["batch_size"], bn_momentum=DEMO_DEFAULTS["bn_momentum"], weights="none",
-        backbone=backbone, seed=seed,
+        backbone=backbone, seed=seed, ask_epoch=0,  # the demo runs unattended to the end
     )
     run_dir = train(config, progress=progress, echo=echo)
     eval_dir = run_dir / "eval"

@@ -6,6 +6,7 @@ evaluation is never overwritten).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -32,6 +33,15 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: {path.name} is missing")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def training_summary(run_dir: str | os.PathLike) -> dict | None:
+    """How far the run's training got (from checkpoints/state.json), for metrics.json."""
+    path = Path(run_dir) / "checkpoints" / "state.json"
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text(encoding="utf-8"))
+    return {key: state.get(key) for key in ("status", "epoch", "epochs", "best_epoch")}
 
 
 def cross_entropy(targets: np.ndarray, probabilities: np.ndarray, n_classes: int) -> float:
@@ -84,10 +94,13 @@ def evaluate_run(
     batch_size: int | None = None,
     progress: bool = True,
     echo=print,
+    out_name: str = "eval",
+    splits: tuple[str, ...] = SPLITS,
 ) -> dict:
-    """Evaluate `<run>/model.keras` on the run's train, val and test splits; return metrics.
+    """Evaluate `<run>/model.keras` on the run's splits (train, val, test); return metrics.
 
     `images` may hold already decoded split arrays (training passes them) to avoid decoding twice.
+    An interrupted run is evaluated into `eval-interrupted/` on val and test only, to stop soon.
     """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -97,10 +110,11 @@ def evaluate_run(
     size = int(model.input_shape[1])
     batch_size = batch_size or max(32, int(config.get("batch_size", 16)))
     split = read_split(run_dir / "split")
-    out = files.new_numbered_dir(run_dir / "eval")  # eval/, then eval-2/...: earlier results stay
+    out = files.new_numbered_dir(run_dir / out_name)  # eval/, then eval-2/...: earlier results stay
 
-    metrics = {"run": run_dir.name, "model": model_path.name, "classes": classes, "splits": {}}
-    for name in SPLITS:
+    metrics = {"run": run_dir.name, "model": model_path.name, "classes": classes,
+               "training": training_summary(run_dir), "splits": {}}
+    for name in splits:
         frame = split.frames[name]
         if len(frame) == 0:
             continue

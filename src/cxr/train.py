@@ -1,81 +1,200 @@
-"""One function that runs a training job end to end: data, split, model, fit, evaluation.
+"""Training jobs: a new run (`train`) and the continuation of an unfinished one (`resume`).
 
-Everything a run produces goes into its own new folder (see `files.new_run_dir`).
+Everything a run produces goes into its own new folder (see `files.new_run_dir`). After every
+epoch the run saves what it needs to continue (see `checkpoint`); Ctrl-C or SIGTERM stops at the
+next batch, evaluates the best model so far and says how to resume.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 
 from cxr import files
-from cxr.callbacks import Checkpoints, EpochLog
+from cxr.adaptive import AdaptiveLR, AskToContinue
+from cxr.callbacks import EpochLog
+from cxr.checkpoint import RunCheckpoint, lock_run, read_state, remove_temporaries, set_seed_states
 from cxr.config import Config
 from cxr.data.batches import ImageBatches, label_indices, load_images
 from cxr.data.prepare import prepare_split, summary_table
-from cxr.data.split import SPLITS, write_split
-from cxr.errors import DatasetError
-from cxr.evaluate import evaluate_run
-from cxr.model import build_model, compile_model, resolve_weights
+from cxr.data.split import SPLITS, Split, read_split, write_split
+from cxr.errors import ConfigError, DatasetError
+from cxr.evaluate import evaluate_run, read_run_config
+from cxr.model import build_model, compile_model, load_model, resolve_weights
+from cxr.stopping import StopGuard, StopSignals, TrainingStopped, terminal_reader
+
+Reader = Callable[[str], "str | None"]
 
 
-def train(config: Config, progress: bool = True, echo=print) -> Path:
-    """Run a training job described by a validated Config; return its run folder."""
+def train(config: Config, progress: bool = True, echo=print, read: Reader | None = None) -> Path:
+    """Run a training job described by a validated Config; return its run folder.
+
+    `read` answers the ask-to-continue prompt (default: the terminal, when stdin is one).
+    """
     # Fail fast, before any long work: missing folders, then missing weights.
     for kind, folder in (("dataset", config.data), ("split", config.split)):
         if folder and not Path(folder).expanduser().is_dir():
             raise DatasetError(f"{kind} folder not found: {folder}")
-    weights = resolve_weights(config.weights, config.backbone)
+    resolve_weights(config.weights, config.backbone)
     split = prepare_split(config, progress, echo)
     run_dir = files.new_run_dir(config.runs_dir, config.name)
-    echo(f"run folder: {run_dir}")
-    write_split(split, run_dir / "split")
-    data_root, classes = Path(split.root), split.classes
-    resolved = Config(**{**config.to_dict(), "data": split.root, "classes": classes})
-    files.write_text(run_dir / "config.yaml", resolved.to_yaml())
+    with lock_run(run_dir):
+        echo(f"run folder: {run_dir}")
+        write_split(split, run_dir / "split")
+        resolved = Config(**{**config.to_dict(), "data": split.root, "classes": split.classes})
+        files.write_text(run_dir / "config.yaml", resolved.to_yaml())
+        echo(summary_table(split).to_string())
+        groups = split.duplicates["group"].nunique() if len(split.duplicates) else 0
+        echo(f"duplicate groups kept within one split: {groups} ({len(split.duplicates)} images)")
+        empty = [name for name in SPLITS if len(split.frames[name]) == 0]
+        if empty:
+            raise DatasetError(f"the {', '.join(empty)} split(s) are empty: the dataset is too small to split")
+        return _fit_and_evaluate(run_dir, resolved, split, None, progress, echo, read)
 
-    table = summary_table(split)
-    echo(table.to_string())
-    groups = split.duplicates["group"].nunique() if len(split.duplicates) else 0
-    echo(f"duplicate groups kept within one split: {groups} ({len(split.duplicates)} images)")
-    empty = [name for name in SPLITS if len(split.frames[name]) == 0]
-    if empty:
-        raise DatasetError(f"the {', '.join(empty)} split(s) are empty: the dataset is too small to split")
 
-    arrays = {
-        name: load_images(data_root, split.frames[name]["file"], config.image_size, config.workers,
-                          progress, desc=f"decode {name}")
-        for name in SPLITS
-    }
+def resume(run_dir: str | os.PathLike, epochs: int | None = None, progress: bool = True, echo=print,
+           read: Reader | None = None) -> Path:
+    """Continue a run from its last completed epoch (to `epochs` in all, if given)."""
+    run_dir = Path(run_dir)
+    config = Config(**read_run_config(run_dir)).validate()
+    with lock_run(run_dir):
+        state = read_state(run_dir)
+        done = state["epoch"] if state else 0
+        if epochs is not None:
+            if epochs <= done:
+                raise ConfigError(f"{run_dir} has trained {done} epoch(s) already; --epochs must be more than that")
+            config.epochs = epochs
+            files.write_text(run_dir / "config.yaml", config.validate().to_yaml())
+        elif done >= config.epochs and (run_dir / "eval").is_dir():
+            raise ConfigError(f"{run_dir} has finished all {config.epochs} epochs; to train longer, add "
+                              f"--epochs N with N > {done} (cxr evaluate {run_dir} evaluates it again)")
+        remove_temporaries(run_dir, echo)
+        split = read_split(run_dir / "split")
+        echo(f"resuming {run_dir} after epoch {done} of {config.epochs}")
+        return _fit_and_evaluate(run_dir, config, split, state, progress, echo, read)
+
+
+def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[str, Any] | None,
+                      progress: bool, echo, read: Reader | None) -> Path:
+    classes = split.classes
+    try:
+        arrays = {name: load_images(split.root, split.frames[name]["file"], config.image_size, config.workers,
+                                    progress, desc=f"decode {name}") for name in SPLITS}
+    except KeyboardInterrupt:
+        raise TrainingStopped(f"interrupted before training; resume with: cxr train --resume {run_dir}",
+                              "interrupted", 130) from None
     labels = {name: label_indices(split.frames[name]["label"], classes) for name in SPLITS}
 
+    if config.deterministic:
+        enable_determinism()
     keras.utils.set_random_seed(config.seed)
-    model = build_model(len(classes), config.image_size, weights, config.backbone, config.bn_momentum)
-    compile_model(model, config.learning_rate)
+    folder = run_dir / "checkpoints"
+    best_weights = None
+    if state:
+        model = load_model(folder / state["model"])  # weights, optimizer state and learning rate
+        set_seed_states(model, state["seed_states"])
+        if state.get("best_model"):
+            best_weights = load_model(folder / state["best_model"]).get_weights()
+    else:
+        model = build_model(len(classes), config.image_size, config.weights, config.backbone, config.bn_momentum)
+        compile_model(model, config.learning_rate)
     train_batches = ImageBatches(arrays["train"], labels["train"], len(classes), config.batch_size,
                                  shuffle=True, seed=config.seed)
     val_batches = ImageBatches(arrays["val"], labels["val"], len(classes), config.batch_size)
-    checkpoints = Checkpoints(run_dir / "checkpoints")
-    echo(f"training {model.name} ({model.count_params():,} parameters) for {config.epochs} epoch(s) "
-         f"at {config.image_size}px, batch {config.batch_size}, backend {keras.backend.backend()}")
+
+    adaptive = AdaptiveLR(config.threshold, config.patience, config.factor, config.stop_patience, config.dwell)
+    if state:
+        adaptive.set_state(state["adaptive"], best_weights)
+    log = EpochLog(config.epochs, echo, adaptive, rows=state["history"] if state else None)
+    checkpoint = RunCheckpoint(run_dir, config.epochs, log, adaptive, state=state)
+    signals = StopSignals(on_second=lambda: _resume_hint(run_dir, checkpoint))
+    if read is None and config.ask_epoch and sys.stdin.isatty():
+        read = terminal_reader(signals)
+    asker = None
+    if read is not None and config.ask_epoch:
+        asker = AskToContinue(config.ask_epoch, config.epochs, read, echo, on_answer=checkpoint.record_answer)
+        if state:
+            asker.set_state(state.get("ask", {}))
+        checkpoint.asker = asker
+    elif config.ask_epoch:
+        echo("not asking whether to continue: standard input is not a terminal")
+
+    echo(f"training {model.name} ({model.count_params():,} parameters) to epoch {config.epochs} "
+         f"at {config.image_size}px, batch {config.batch_size}, backend {keras.backend.backend()}"
+         + (", deterministic" if config.deterministic else ""))
     # On a terminal, Keras' progress bar; its logger goes before EpochLog so that the epoch line is
     # printed after the bar's last update rather than inside it. Elsewhere, the epoch lines only.
     bar = progress and sys.stdout.isatty()
-    callbacks = [checkpoints, *([keras.callbacks.ProgbarLogger()] if bar else []),
-                 EpochLog(run_dir / "history.csv", config.epochs, echo)]
-    model.fit(train_batches, validation_data=val_batches, epochs=config.epochs, callbacks=callbacks,
-              verbose=1 if bar else 0)
-    if checkpoints.best_path.is_file():
-        kept = checkpoints.best_path
-        echo(f"best epoch {checkpoints.best_epoch} (val_loss {checkpoints.best:.4f}) kept as model.keras")
+    callbacks = [StopGuard(signals),
+                 keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: train_batches.set_epoch(epoch)),
+                 adaptive, *([keras.callbacks.ProgbarLogger()] if bar else []), log, checkpoint,
+                 *([asker] if asker else [])]
+    stopped = None
+    try:
+        with signals:
+            # shuffle=False: ImageBatches shuffles itself, reproducibly; Keras would reorder batches
+            # with Python's global random state, which a resumed process cannot reproduce.
+            model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
+                      initial_epoch=checkpoint.state["epoch"], callbacks=callbacks, verbose=1 if bar else 0,
+                      shuffle=False)
+    except TrainingStopped as error:
+        stopped = error
+
+    done = checkpoint.state["epoch"]
+    if stopped:
+        status = stopped.kind
+    elif asker is not None and asker.halted:
+        status = "halted"
+    elif adaptive.reductions >= adaptive.stop_patience and done < config.epochs:
+        status = "stopped early"
     else:
-        kept = checkpoints.last_path
-        echo("warning: val_loss was never finite; the last epoch is kept as model.keras")
+        status = "finished"
+    if done == 0:
+        hint = f"; start it again with: cxr train --resume {run_dir}" if status == "interrupted" else ""
+        raise TrainingStopped(f"{stopped.reason if stopped else 'training stopped'}. No epoch was completed, so "
+                              f"no model was saved{hint}", status, stopped.exit_code if stopped else 1)
+    checkpoint.commit(status)
+    kept = checkpoint.best_model_path or checkpoint.last_model_path
+    best = checkpoint.state.get("best_epoch")
+    echo(f"training {status} after epoch {done} of {config.epochs}; "
+         + (f"the best epoch ({best}) is kept as model.keras" if checkpoint.best_model_path
+            else "no epoch improved on the start; the last is kept as model.keras"))
     with files.atomic_path(run_dir / "model.keras") as tmp:
         shutil.copyfile(kept, tmp)
 
+    if stopped:
+        metrics = evaluate_run(run_dir, images=arrays, progress=progress, echo=echo, out_name="eval-interrupted",
+                               splits=("val", "test"))
+        raise TrainingStopped(f"{stopped.reason}. {_saved(done).capitalize()}; the best so far is model.keras, "
+                              f"evaluated in {metrics['eval_dir']}. Resume with: cxr train --resume {run_dir}",
+                              stopped.kind, stopped.exit_code)
     evaluate_run(run_dir, images=arrays, progress=progress, echo=echo)
     return run_dir
+
+
+def _resume_hint(run_dir: Path, checkpoint: RunCheckpoint) -> str:
+    return f"In {run_dir}, {_saved(checkpoint.state['epoch'])}. Resume with: cxr train --resume {run_dir}"
+
+
+def _saved(done: int) -> str:
+    return "no epoch was completed" if done == 0 else "epoch 1 is saved" if done == 1 else f"epochs 1-{done} are saved"
+
+
+def enable_determinism() -> None:
+    """Ask the backend for deterministic kernels (the seed is set separately)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "jax":
+        # Takes effect on GPU when set before JAX starts its backend; JAX on CPU is deterministic.
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_gpu_deterministic_ops" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()

@@ -68,7 +68,9 @@ def label_indices(labels: pd.Series | list[str], classes: list[str]) -> np.ndarr
 class ImageBatches(keras.utils.PyDataset):
     """(uint8 images, one-hot labels) batches over an in-memory or memory-mapped array.
 
-    With `shuffle`, the order changes every epoch, reproducibly from `seed`.
+    With `shuffle`, the order of epoch e is a pure function of (seed, e), set by `set_epoch` from a
+    callback's on_epoch_begin: a resumed run sees the same order as an uninterrupted one. (Keras calls
+    a PyDataset's own on_epoch_end a varying number of times, so it cannot count epochs.)
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
@@ -78,9 +80,9 @@ class ImageBatches(keras.utils.PyDataset):
         self.targets = keras.utils.to_categorical(labels, n_classes).astype("float32")
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.order = np.arange(len(images))
-        self.on_epoch_end()
+        self.set_epoch(0)
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
@@ -89,6 +91,6 @@ class ImageBatches(keras.utils.PyDataset):
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         return self.images[rows], self.targets[rows]
 
-    def on_epoch_end(self) -> None:
+    def set_epoch(self, epoch: int) -> None:
         if self.shuffle:
-            self.order = self.rng.permutation(len(self.images))
+            self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))

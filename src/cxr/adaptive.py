@@ -1,0 +1,215 @@
+"""The reference system's training controller, made testable: adaptive learning rate and asking.
+
+`AdaptiveLR` follows the reference Kaggle callback: it watches training accuracy until it reaches
+`threshold`, then validation loss; after `patience` epochs without improvement it multiplies the
+learning rate by `factor` and (with `dwell`) goes back to the best weights so far; after
+`stop_patience` reductions without improvement it stops; when training ends, however it ends,
+the model holds the best weights.
+
+`AskToContinue` is the reference's question to the user ("H to halt, or a number of epochs"),
+asked after the epoch has been saved, so that thinking at the prompt never risks an epoch. Both
+keep their state as plain dicts so that a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+
+
+def current_learning_rate(model: Any) -> float:
+    return float(np.asarray(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+
+
+def _short(value: float) -> float:
+    """A float32 learning rate without its noise (0.0005000000237 -> 0.0005)."""
+    return float(f"{value:.6g}")
+
+
+class AdaptiveLR(keras.callbacks.Callback):
+    """Adapt the learning rate as the reference callback did; keep and finally set the best weights.
+
+    After each epoch `decision` describes what happened (for the epoch line and history.csv).
+    """
+
+    def __init__(self, threshold: float = 0.9, patience: int = 1, factor: float = 0.5,
+                 stop_patience: int = 3, dwell: bool = True):
+        super().__init__()
+        self.threshold = threshold
+        self.patience = patience
+        self.factor = factor
+        self.stop_patience = stop_patience
+        self.dwell = dwell
+        self.highest_accuracy = 0.0
+        self.lowest_val_loss = math.inf
+        self.wait = 0  # epochs without improvement since the last improvement or reduction
+        self.reductions = 0  # learning-rate reductions since the last improvement
+        self.best_epoch = 0
+        self.monitor = ""
+        self.best_weights: list[np.ndarray] | None = None
+        self.decision: dict[str, Any] = {}
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.best_weights is None:  # as in the reference: until an epoch improves, the start is best
+            self.best_weights = self.model.get_weights()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        accuracy = _number(logs.get("accuracy"), 0.0)
+        val_loss = _number(logs.get("val_loss"), math.inf)
+        learning_rate = current_learning_rate(self.model)
+        previous_monitor = self.monitor
+        if accuracy < self.threshold:
+            self.monitor = "accuracy"
+            highest = self.highest_accuracy
+            improvement = (accuracy - highest) * 100 / highest if highest else 0.0
+            improved = accuracy > self.highest_accuracy
+            if improved:
+                self.highest_accuracy = accuracy
+                self.lowest_val_loss = min(self.lowest_val_loss, val_loss)
+        else:
+            self.monitor = "val_loss"
+            finite = math.isfinite(self.lowest_val_loss) and self.lowest_val_loss != 0
+            improvement = (self.lowest_val_loss - val_loss) * 100 / self.lowest_val_loss if finite else 0.0
+            improved = val_loss < self.lowest_val_loss
+            if improved:
+                self.lowest_val_loss = val_loss
+            self.highest_accuracy = max(self.highest_accuracy, accuracy)
+
+        actions = []
+        if previous_monitor and previous_monitor != self.monitor:
+            change = "reached" if self.monitor == "val_loss" else "fell below"
+            actions.append(f"now monitoring {self.monitor} (accuracy {change} {self.threshold:g})")
+        new_learning_rate, restored = learning_rate, False
+        if improved:
+            self.best_weights = self.model.get_weights()
+            self.best_epoch = epoch + 1
+            self.wait = self.reductions = 0
+            actions.append("best")
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                new_learning_rate = _short(learning_rate * self.factor)
+                self.model.optimizer.learning_rate = new_learning_rate
+                self.wait = 0
+                self.reductions += 1
+                actions.append(f"lr {learning_rate:.2e} -> {new_learning_rate:.2e}")
+                if self.dwell and self.best_weights is not None:
+                    self.model.set_weights(self.best_weights)
+                    restored = True
+                    actions.append(f"restored epoch {self.best_epoch} weights" if self.best_epoch
+                                   else "restored the initial weights")
+                elif not self.dwell:
+                    self.lowest_val_loss = min(self.lowest_val_loss, val_loss)
+        if self.reductions >= self.stop_patience:
+            self.model.stop_training = True
+            actions.append(f"stop: {self.reductions} learning-rate reduction(s) without improvement")
+        self.decision = {
+            "monitor": self.monitor,
+            "improvement_pct": round(improvement, 4),
+            "next_learning_rate": _short(new_learning_rate),
+            "weights_restored": restored,
+            "action": "; ".join(actions),
+        }
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything but the weights, as JSON-ready values (the best weights are saved as a model)."""
+        return {"highest_accuracy": self.highest_accuracy,
+                "lowest_val_loss": None if math.isinf(self.lowest_val_loss) else self.lowest_val_loss,
+                "wait": self.wait, "reductions": self.reductions, "best_epoch": self.best_epoch,
+                "monitor": self.monitor}
+
+    def set_state(self, state: dict[str, Any], best_weights: list[np.ndarray] | None) -> None:
+        self.highest_accuracy = float(state["highest_accuracy"])
+        lowest = state["lowest_val_loss"]
+        self.lowest_val_loss = math.inf if lowest is None else float(lowest)
+        self.wait, self.reductions = int(state["wait"]), int(state["reductions"])
+        self.best_epoch, self.monitor = int(state["best_epoch"]), str(state["monitor"])
+        self.best_weights = best_weights
+
+
+def _number(value: Any, missing: float) -> float:
+    """A metric as a float; missing values count as `missing`, NaN as never an improvement."""
+    if value is None:
+        return missing
+    value = float(value)
+    return missing if math.isnan(value) else value
+
+
+HALT = "halt"
+CONTINUE = "continue"
+
+
+def parse_answer(answer: str | None) -> tuple[str, int] | None:
+    """The user's answer: ("halt", 0), ("more", n), ("continue", 0) for Enter or end of input; None if invalid."""
+    if answer is None:
+        return CONTINUE, 0
+    text = answer.strip()
+    if text == "":
+        return CONTINUE, 0
+    if text.lower() == "h":
+        return HALT, 0
+    if text.isdigit() and int(text) > 0:
+        return "more", int(text)
+    return None
+
+
+class AskToContinue(keras.callbacks.Callback):
+    """Ask after epoch `ask_epoch` whether to halt, train n more epochs and ask again, or go on.
+
+    `read(prompt)` returns the answer, or None at the end of input (taken as Enter). Put this
+    callback after the one that saves the epoch. `on_answer(epoch, text)` records each answer.
+    """
+
+    def __init__(self, ask_epoch: int | None, epochs: int, read: Callable[[str], str | None],
+                 echo: Callable[[str], None] = print,
+                 on_answer: Callable[[int, str], None] | None = None):
+        super().__init__()
+        self.next_ask = ask_epoch or None
+        self.epochs = epochs
+        self.read = read
+        self.echo = echo
+        self.on_answer = on_answer
+        self.halted = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        done = epoch + 1
+        if self.next_ask is None or done < self.next_ask or done >= self.epochs or self.model.stop_training:
+            return
+        prompt = (f"epoch {done}/{self.epochs} done. H halts, a number trains that many more epochs and asks "
+                  f"again, Enter trains to epoch {self.epochs}: ")
+        while True:
+            answer = self.read(prompt)
+            parsed = parse_answer(answer)
+            if parsed is not None:
+                break
+            self.echo(f"not understood: {answer!r}; type H, a whole number of epochs, or just press Enter")
+        kind, more = parsed
+        if kind == HALT:
+            self.model.stop_training = self.halted = True
+            note = f"halted by the user after epoch {done}"
+        elif kind == "more" and done + more < self.epochs:
+            self.next_ask = done + more
+            note = f"training {more} more epoch(s), asking again after epoch {self.next_ask}"
+        else:
+            self.next_ask = None
+            end = " (end of input)" if answer is None else ""
+            cap = " (the configured end; --resume with --epochs trains longer)" if kind == "more" else ""
+            note = f"training to epoch {self.epochs}{cap} without asking again{end}"
+        self.echo(note)
+        if self.on_answer:
+            self.on_answer(epoch, note)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"next_ask": self.next_ask}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.next_ask = state.get("next_ask")

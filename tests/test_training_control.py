@@ -1,0 +1,243 @@
+"""Training control end to end: asking, NaN, the run lock, SIGKILL + resume, SIGINT and SIGTERM.
+
+The subprocess tests run the real `cxr train` on the real sample with the tiny backbone at 128 px
+(about a second per epoch here), kill it at a chosen moment and check what is left on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr.checkpoint import RunBusyError, lock_run, read_state, remove_temporaries
+from cxr.cli import main
+from cxr.config import resolve
+from cxr.errors import ConfigError, UserError
+from cxr.model import load_model
+from cxr.stopping import TrainingStopped
+from cxr.train import resume, train
+
+QUIET = dict(progress=False, echo=lambda *_: None)
+
+
+def tiny_config(data, runs, **overrides):
+    settings = dict(data=str(data), runs_dir=str(runs), backbone="tiny", weights="none", image_size=32,
+                    epochs=3, batch_size=8, seed=1)
+    return resolve(**{**settings, **overrides})
+
+
+def test_the_answer_h_halts_and_is_recorded_in_the_history_and_state(phantoms, tmp_path):
+    answers = iter(["not a number", "H"])
+    run = train(tiny_config(phantoms, tmp_path, ask_epoch=1), read=lambda prompt: next(answers), **QUIET)
+    history = pd.read_csv(run / "history.csv", keep_default_na=False)
+    assert list(history["epoch"]) == [1]
+    assert history.loc[0, "answer"] == "halted by the user after epoch 1"
+    state = read_state(run)
+    assert state["status"] == "halted" and state["epoch"] == 1
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["training"] == {"status": "halted", "epoch": 1, "epochs": 3, "best_epoch": 1}
+
+
+def test_a_loss_that_is_not_finite_stops_with_a_clear_message(phantoms, tmp_path):
+    with pytest.raises(TrainingStopped) as caught:
+        train(tiny_config(phantoms, tmp_path, learning_rate=1e30), **QUIET)
+    assert caught.value.kind == "nan" and caught.value.exit_code == 3
+    assert "the training loss became" in str(caught.value) and "in epoch 1" in str(caught.value)
+    assert "try a lower --learning-rate" in str(caught.value)
+    assert "No epoch was completed, so no model was saved" in str(caught.value)
+
+
+def test_a_finished_run_is_not_resumed_without_more_epochs(tiny_run):
+    with pytest.raises(ConfigError, match="has finished all 2 epochs; to train longer, add --epochs N with N > 2"):
+        resume(tiny_run, **QUIET)
+    with pytest.raises(ConfigError, match="has trained 2 epoch"):
+        resume(tiny_run, epochs=2, **QUIET)
+
+
+def test_resume_takes_no_other_settings(capsys):
+    assert main(["train", "--resume", "runs/x", "--learning-rate", "0.1", "--epochs", "5"]) == 2
+    assert "only --epochs may be given with it, not --learning-rate" in capsys.readouterr().err
+
+
+def test_a_locked_run_is_refused_with_the_pid_of_its_owner(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from cxr.checkpoint import lock_run\n"
+        f"with lock_run({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunBusyError, match=f"being written by a live process \\(pid {holder.pid}\\)"):
+            with lock_run(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with lock_run(tmp_path):  # the dead holder's lock is gone
+        pass
+
+
+def test_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    leftovers = [tmp_path / "checkpoints" / ".epoch-0002.keras.x1y2z3.keras", tmp_path / ".history.csv.abc.csv"]
+    kept = [tmp_path / ".lock", tmp_path / "checkpoints" / "epoch-0001.keras", tmp_path / "history.csv"]
+    for path in leftovers + kept:
+        path.write_text("x")
+    assert remove_temporaries(tmp_path, echo=lambda _: None) == 2
+    assert [p.exists() for p in leftovers + kept] == [False, False, True, True, True]
+
+
+def test_a_state_naming_a_missing_model_file_is_reported(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "state.json").write_text(json.dumps({"format": 1, "epoch": 2, "model": "epoch-0002.keras"}))
+    with pytest.raises(UserError, match="names epoch-0002.keras, which is missing"):
+        read_state(tmp_path)
+
+
+# --- real processes ---------------------------------------------------------------------------
+
+def cli_args(sample, runs, name, epochs):
+    return [sys.executable, "-m", "cxr", "train", "--data", str(sample), "--backbone", "tiny", "--weights", "none",
+            "--image-size", "128", "--batch-size", "8", "--epochs", str(epochs), "--seed", "5", "--deterministic",
+            "--runs-dir", str(runs), "--name", name]
+
+
+def start(args, backend="tensorflow"):
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "KERAS_BACKEND": backend})
+
+
+def run_cli(args, expect=0, backend="tensorflow"):
+    done = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "KERAS_BACKEND": backend})
+    assert done.returncode == expect, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def wait_for_epoch(runs: Path, epoch: int, process: subprocess.Popen, timeout: float = 300) -> Path:
+    """Poll until some run under `runs` has saved `epoch`; return its folder."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in runs.glob("*/checkpoints/state.json"):
+            if json.loads(path.read_text())["epoch"] >= epoch:  # replaced atomically: never half-read
+                return path.parents[1]
+        assert process.poll() is None, f"training exited early:\n{process.communicate()[0]}"
+        time.sleep(0.01)
+    raise AssertionError(f"no epoch {epoch} within {timeout} s")
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    return output
+
+
+def run_outcome(run: Path) -> tuple[pd.DataFrame, list[np.ndarray], dict]:
+    history = pd.read_csv(run / "history.csv").drop(columns=["seconds"])
+    weights = load_model(run / "model.keras").get_weights()
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())["splits"]
+    return history, weights, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_sigkill_during_epoch_2_then_resume_equals_an_uninterrupted_run(sample, tmp_path, backend):
+    run_cli(cli_args(sample, tmp_path / "whole", "whole", 3), backend=backend)
+    whole = run_outcome(next((tmp_path / "whole").iterdir()))
+
+    process = start(cli_args(sample, tmp_path / "killed", "killed", 3), backend)
+    run = wait_for_epoch(tmp_path / "killed", 1, process)
+    process.send_signal(signal.SIGKILL)
+    finish(process)
+    assert process.returncode == -signal.SIGKILL
+    state = read_state(run)
+    assert state["epoch"] == 1, "the kill was meant to land during epoch 2"
+    assert len(pd.read_csv(run / "history.csv")) == 1 and not (run / "model.keras").exists()
+
+    output = run_cli([sys.executable, "-m", "cxr", "train", "--resume", str(run)], backend=backend)
+    assert f"resuming {run} after epoch 1 of 3" in output and f"backend {backend}" in output
+    history, weights, metrics = run_outcome(run)
+    assert list(history["epoch"]) == [1, 2, 3] and read_state(run)["status"] == "finished"
+    pd.testing.assert_frame_equal(history, whole[0])
+    assert all(np.array_equal(a, b) for a, b in zip(weights, whole[1], strict=True))
+    assert metrics == whole[2]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
+        ["state.json", "epoch-0003.keras", f"best-{read_state(run)['best_epoch']:04d}.keras"])
+    assert not [p for p in run.rglob(".*") if p.name != ".lock"]  # no temporary file anywhere
+
+
+@pytest.mark.slow
+def test_sigint_stops_saves_evaluates_says_how_to_resume_and_resume_finishes(sample, tmp_path):
+    run_cli(cli_args(sample, tmp_path / "whole", "whole", 6))
+    whole = run_outcome(next((tmp_path / "whole").iterdir()))
+    process = start(cli_args(sample, tmp_path / "int", "int", 6))
+    run = wait_for_epoch(tmp_path / "int", 1, process)
+    with pytest.raises(RunBusyError, match=f"pid {process.pid}"):
+        resume(run, **QUIET)  # a second process may not write into a live run
+    process.send_signal(signal.SIGINT)
+    output = finish(process)
+    assert process.returncode == 130, output
+    assert "SIGINT received: stopping at the end of this batch" in output
+    assert "cxr: stopped: interrupted by SIGINT" in output
+    assert f"Resume with: cxr train --resume {run}" in output
+    state = read_state(run)
+    done = state["epoch"]
+    assert state["status"] == "interrupted" and 1 <= done < 6
+    assert len(pd.read_csv(run / "history.csv")) == done
+    metrics = json.loads((run / "eval-interrupted" / "metrics.json").read_text())
+    assert sorted(metrics["splits"]) == ["test", "val"] and metrics["training"]["status"] == "interrupted"
+    assert (run / "model.keras").is_file() and not (run / "eval").exists()
+
+    output = run_cli([sys.executable, "-m", "cxr", "train", "--resume", str(run)])
+    assert f"after epoch {done} of 6" in output
+    assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1, 2, 3, 4, 5, 6]
+    assert read_state(run)["status"] == "finished"
+    assert sorted(json.loads((run / "eval" / "metrics.json").read_text())["splits"]) == ["test", "train", "val"]
+    # The partial epoch that SIGINT cut short left no trace: the result equals an uninterrupted run.
+    history, weights, metrics = run_outcome(run)
+    pd.testing.assert_frame_equal(history, whole[0])
+    assert all(np.array_equal(a, b) for a, b in zip(weights, whole[1], strict=True)) and metrics == whole[2]
+
+
+@pytest.mark.slow
+def test_a_second_stop_signal_exits_at_once_and_keeps_the_last_epoch(sample, tmp_path):
+    process = start(cli_args(sample, tmp_path, "twice", 50))
+    run = wait_for_epoch(tmp_path, 1, process)
+    os.kill(process.pid, signal.SIGTERM)
+    os.kill(process.pid, signal.SIGINT)
+    output = finish(process, timeout=60)
+    assert process.returncode in (130, 143), output
+    assert "exiting now" in output and f"Resume with: cxr train --resume {run}" in output
+    state = read_state(run)
+    assert state["epoch"] >= 1 and len(pd.read_csv(run / "history.csv")) >= state["epoch"]
+    assert not (run / "eval-interrupted").exists()
+    load_model(run / "checkpoints" / state["model"])  # the saved epoch is intact
+
+
+def test_a_nan_after_saved_epochs_keeps_and_evaluates_the_best_and_can_resume(phantoms, tmp_path, monkeypatch):
+    import cxr.train
+
+    class NanInEpoch2(cxr.train.StopGuard):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, {"loss": float("nan")} if self.epoch == 2 else logs)
+
+    monkeypatch.setattr(cxr.train, "StopGuard", NanInEpoch2)
+    with pytest.raises(TrainingStopped) as caught:
+        train(tiny_config(phantoms, tmp_path, epochs=3), **QUIET)
+    run = next(tmp_path.iterdir())
+    assert caught.value.kind == "nan" and "the training loss became nan in epoch 2, batch 1" in str(caught.value)
+    assert f"Epoch 1 is saved; the best so far is model.keras, evaluated in {run / 'eval-interrupted'}" in str(
+        caught.value)
+    state = read_state(run)
+    assert state["status"] == "nan" and state["epoch"] == 1 and (run / "model.keras").is_file()
+    monkeypatch.undo()
+    resume(run, **QUIET)
+    assert read_state(run)["status"] == "finished" and len(pd.read_csv(run / "history.csv")) == 3
