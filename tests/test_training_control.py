@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from cxr.cli import main
 from cxr.config import resolve
 from cxr.errors import ConfigError, UserError
 from cxr.model import load_model
-from cxr.stopping import TrainingStopped
+from cxr.stopping import StopSignals, TrainingStopped, terminal_reader
 from cxr.train import resume, train
 
 QUIET = dict(progress=False, echo=lambda *_: None)
@@ -45,6 +46,53 @@ def test_the_answer_h_halts_and_is_recorded_in_the_history_and_state(phantoms, t
     assert state["status"] == "halted" and state["epoch"] == 1
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     assert metrics["training"] == {"status": "halted", "epoch": 1, "epochs": 3, "best_epoch": 1}
+    # The user's H ends the run: resuming needs an explicit --epochs.
+    with pytest.raises(ConfigError, match=r"is complete \(halted after epoch 1 of 3\); to train longer, add --epochs"):
+        resume(run, **QUIET)
+    # A run whose training ended but whose final evaluation did not is only evaluated.
+    shutil.rmtree(run / "eval")
+    messages = []
+    resume(run, progress=False, echo=messages.append)
+    assert f"resuming {run} after epoch 1 of 3: training is complete, evaluating it" in messages
+    assert (run / "eval" / "metrics.json").is_file() and read_state(run)["status"] == "halted"
+
+
+def test_the_ask_schedule_survives_a_resume_without_a_terminal(phantoms, tmp_path):
+    run = train(tiny_config(phantoms, tmp_path, ask_epoch=2, epochs=1), **QUIET)  # no terminal: no asking
+    assert read_state(run)["ask"] == {"next_ask": 2}
+    prompts = []
+    resume(run, epochs=4, read=lambda prompt: prompts.append(prompt) or "H", **QUIET)
+    assert len(prompts) == 1 and prompts[0].startswith("epoch 2/4 done.")
+    assert read_state(run)["status"] == "halted" and read_state(run)["epoch"] == 2
+
+
+def test_a_run_stopped_early_resumes_only_with_more_epochs_and_a_fresh_allowance(phantoms, tmp_path, monkeypatch):
+    import cxr.train
+
+    class NeverImproves(cxr.train.AdaptiveLR):  # training accuracy falls after epoch 1, whatever happens
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, {**logs, "accuracy": 0.5 if epoch == 0 else 0.4})
+
+    monkeypatch.setattr(cxr.train, "AdaptiveLR", NeverImproves)
+    run = train(tiny_config(phantoms, tmp_path, epochs=6, stop_patience=2), **QUIET)
+    assert read_state(run)["status"] == "stopped early" and read_state(run)["epoch"] == 3
+    with pytest.raises(ConfigError, match=r"is complete \(stopped early after epoch 3 of 6\)"):
+        resume(run, **QUIET)
+    resume(run, epochs=8, **QUIET)  # two more reductions allowed: epochs 4 and 5, then it stops again
+    history = pd.read_csv(run / "history.csv", keep_default_na=False)
+    assert list(history["epoch"]) == [1, 2, 3, 4, 5] and read_state(run)["status"] == "stopped early"
+    assert list(history["learning_rate"]) == [1e-3, 1e-3, 5e-4, 2.5e-4, 1.25e-4]
+    assert history.loc[4, "action"].endswith("stop: 2 learning-rate reduction(s) without improvement")
+    assert sorted(p.name for p in run.glob("eval*")) == ["eval", "eval-2"]  # the first evaluation stays
+
+
+def test_a_run_without_resumable_checkpoints_is_refused(tmp_path, tiny_run):
+    old = tmp_path / "old-run"
+    old.mkdir()
+    shutil.copy(tiny_run / "config.yaml", old)
+    (old / "history.csv").write_text("epoch,loss\n1,0.5\n")
+    with pytest.raises(UserError, match="has no checkpoints/state.json: it was trained by an earlier version"):
+        resume(old, **QUIET)
 
 
 def test_a_loss_that_is_not_finite_stops_with_a_clear_message(phantoms, tmp_path):
@@ -52,20 +100,21 @@ def test_a_loss_that_is_not_finite_stops_with_a_clear_message(phantoms, tmp_path
         train(tiny_config(phantoms, tmp_path, learning_rate=1e30), **QUIET)
     assert caught.value.kind == "nan" and caught.value.exit_code == 3
     assert "the training loss became" in str(caught.value) and "in epoch 1" in str(caught.value)
-    assert "try a lower --learning-rate" in str(caught.value)
-    assert "No epoch was completed, so no model was saved" in str(caught.value)
+    assert "No epoch was completed, so no model was saved; start a new run with a lower --learning-rate" in str(
+        caught.value)
 
 
 def test_a_finished_run_is_not_resumed_without_more_epochs(tiny_run):
-    with pytest.raises(ConfigError, match="has finished all 2 epochs; to train longer, add --epochs N with N > 2"):
+    expected = r"is complete \(finished after epoch 2 of 2\); to train longer, add --epochs N with N > 2"
+    with pytest.raises(ConfigError, match=expected):
         resume(tiny_run, **QUIET)
     with pytest.raises(ConfigError, match="has trained 2 epoch"):
         resume(tiny_run, epochs=2, **QUIET)
 
 
 def test_resume_takes_no_other_settings(capsys):
-    assert main(["train", "--resume", "runs/x", "--learning-rate", "0.1", "--epochs", "5"]) == 2
-    assert "only --epochs may be given with it, not --learning-rate" in capsys.readouterr().err
+    assert main(["train", "--resume", "runs/x", "--batch-size", "4", "--epochs", "5", "--learning-rate", "0.1"]) == 2
+    assert "only --epochs and --learning-rate may be given with it, not --batch-size" in capsys.readouterr().err
 
 
 def test_a_locked_run_is_refused_with_the_pid_of_its_owner(tmp_path):
@@ -229,15 +278,38 @@ def test_a_nan_after_saved_epochs_keeps_and_evaluates_the_best_and_can_resume(ph
         def on_train_batch_end(self, batch, logs=None):
             super().on_train_batch_end(batch, {"loss": float("nan")} if self.epoch == 2 else logs)
 
+    class NanValidationInEpoch3(cxr.train.StopGuard):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, {**logs, "val_loss": float("inf")} if epoch == 2 else logs)
+
     monkeypatch.setattr(cxr.train, "StopGuard", NanInEpoch2)
     with pytest.raises(TrainingStopped) as caught:
-        train(tiny_config(phantoms, tmp_path, epochs=3), **QUIET)
+        train(tiny_config(phantoms, tmp_path, epochs=4), **QUIET)
     run = next(tmp_path.iterdir())
     assert caught.value.kind == "nan" and "the training loss became nan in epoch 2, batch 1" in str(caught.value)
-    assert f"Epoch 1 is saved; the best so far is model.keras, evaluated in {run / 'eval-interrupted'}" in str(
-        caught.value)
+    assert (f"Epoch 1 is saved; the best so far is model.keras, evaluated in {run / 'eval-interrupted'}. "
+            f"Resume with: cxr train --resume {run} --learning-rate 0.0001") in str(caught.value)
     state = read_state(run)
     assert state["status"] == "nan" and state["epoch"] == 1 and (run / "model.keras").is_file()
+
+    # A non-finite validation loss stops too, and that epoch's weights are not saved.
+    monkeypatch.setattr(cxr.train, "StopGuard", NanValidationInEpoch3)
+    with pytest.raises(TrainingStopped, match="the validation loss became inf at the end of epoch 3"):
+        resume(run, learning_rate=1e-4, **QUIET)
+    assert read_state(run)["epoch"] == 2
     monkeypatch.undo()
     resume(run, **QUIET)
-    assert read_state(run)["status"] == "finished" and len(pd.read_csv(run / "history.csv")) == 3
+    history = pd.read_csv(run / "history.csv")
+    assert read_state(run)["status"] == "finished" and list(history["epoch"]) == [1, 2, 3, 4]
+    assert history.loc[1, "learning_rate"] == 1e-4  # the rate given to --resume
+
+
+def test_a_stop_signal_that_came_while_saving_stops_instead_of_asking(monkeypatch):
+    signals = StopSignals()
+    read = terminal_reader(signals)
+    monkeypatch.setattr("builtins.input", lambda prompt: (_ for _ in ()).throw(EOFError))
+    assert read("go on? ") is None  # end of input
+    signals.received = "SIGTERM"
+    with pytest.raises(TrainingStopped, match="interrupted by SIGTERM after the epoch was saved") as caught:
+        read("go on? ")
+    assert caught.value.exit_code == 143 and caught.value.kind == "interrupted"

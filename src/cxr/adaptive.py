@@ -212,4 +212,5 @@ class AskToContinue(keras.callbacks.Callback):
         return {"next_ask": self.next_ask}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.next_ask = state.get("next_ask")
+        if "next_ask" in state:
+            self.next_ask = state["next_ask"]

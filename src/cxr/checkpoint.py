@@ -1,8 +1,9 @@
 """What a run saves after every epoch so that it can resume, and the lock that guards a live run.
 
 After epoch n, `checkpoints/` holds `epoch-000n.keras` (model and optimizer), `best-000k.keras`
-(the controller's best epoch k) and `state.json`, which names those two files and holds the
-controller's state, the random-generator states of the model's layers and the history. Model
+(the controller's best epoch k; `best-0000.keras` is the initial model) and `state.json`, which
+names those two files and holds the controller's state, the random-generator states of the
+model's layers and the history. Model
 files are written first and old ones deleted last, each atomically, so whatever moment a process
 dies at, `state.json` names a complete pair: at most the epoch in flight is lost.
 """
@@ -72,14 +73,23 @@ class RunCheckpoint(keras.callbacks.Callback):
     """Save the model, the best model, history.csv and state.json after every epoch."""
 
     def __init__(self, run_dir: str | os.PathLike, epochs: int, log: EpochLog, adaptive: AdaptiveLR,
-                 asker: AskToContinue | None = None, state: dict[str, Any] | None = None):
+                 asker: AskToContinue | None = None, state: dict[str, Any] | None = None,
+                 ask_epoch: int | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
         self.folder = self.run_dir / "checkpoints"
         self.epochs = epochs
         self.log, self.adaptive, self.asker = log, adaptive, asker
         self.state: dict[str, Any] = state or {"format": STATE_FORMAT, "epoch": 0, "model": None,
-                                               "best_model": None}
+                                               "best_model": None, "ask": {"next_ask": ask_epoch or None}}
+        self.saved_epoch = self.state["epoch"]  # what state.json on disk says, for messages
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # Until an epoch improves, the initial weights are the controller's best: keep them too, so
+        # that model.keras and a resumed run's "restore" mean the same as in an uninterrupted run.
+        if self.state["best_model"] is None and self.state["epoch"] == 0:
+            files.write_with(self.folder / "best-0000.keras", self.model.save)
+            self.state["best_model"] = "best-0000.keras"
 
     @property
     def best_model_path(self) -> Path | None:
@@ -110,12 +120,14 @@ class RunCheckpoint(keras.callbacks.Callback):
         """Write history.csv and state.json for the epochs completed so far."""
         if status:
             self.state["status"] = status
+        if self.asker:  # without a terminal there is no asker, and the saved schedule stays as it was
+            self.state["ask"] = self.asker.get_state()
         self.state.update(epochs=self.epochs, best_epoch=self.adaptive.best_epoch,
                           adaptive=self.adaptive.get_state(),
-                          ask=self.asker.get_state() if self.asker else {},
                           history=self.log.rows, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         files.write_csv(self.run_dir / "history.csv", pd.DataFrame(self.log.rows))
         files.write_json(state_path(self.run_dir), self.state)
+        self.saved_epoch = self.state["epoch"]
 
     def record_answer(self, epoch: int, note: str) -> None:
         """AskToContinue's hook: the answer goes into the epoch's history row and the saved state."""

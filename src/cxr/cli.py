@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--deterministic", action="store_true", default=None,
                          help="deterministic kernels: the same seed gives the same history")
     control.add_argument("--resume", metavar="RUN",
-                         help="continue this run from its last completed epoch (with --epochs: train to that epoch)")
+                         help="continue this run from its last completed epoch (with --epochs: train to that epoch; "
+                              "with --learning-rate: from that rate)")
 
     evaluate = commands.add_parser("evaluate", help="evaluate a finished run again")
     evaluate.add_argument("run", help="run folder (runs/<time>-<name>)")
@@ -135,12 +136,12 @@ def run_train(args: argparse.Namespace) -> int:
         from cxr.train import resume
 
         others = [name for name, value in _settings(args, names + ["config"]).items()
-                  if value is not None and name != "epochs"]
+                  if value is not None and name not in ("epochs", "learning_rate")]
         if others:
             flags = ", ".join("--" + name.replace("_", "-") for name in others)
-            raise UserError(f"--resume continues a run with its saved settings; only --epochs may be given "
-                            f"with it, not {flags}")
-        resume(args.resume, epochs=args.epochs)
+            raise UserError(f"--resume continues a run with its saved settings; only --epochs and --learning-rate "
+                            f"may be given with it, not {flags}")
+        resume(args.resume, epochs=args.epochs, learning_rate=args.learning_rate)
         return 0
     train(resolve(args.config, **_settings(args, names)))
     return 0

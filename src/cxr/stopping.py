@@ -84,6 +84,8 @@ def terminal_reader(signals: StopSignals) -> Callable[[str], str | None]:
     """Read an answer from the terminal; None at the end of input; a signal stops training."""
 
     def read(prompt: str) -> str | None:
+        if signals.received:  # it came while the epoch was being saved: stop rather than ask
+            raise signals.stopped("after the epoch was saved")
         try:
             with signals.prompt():
                 return input(prompt)
@@ -96,7 +98,10 @@ def terminal_reader(signals: StopSignals) -> Callable[[str], str | None]:
 
 
 class StopGuard(keras.callbacks.Callback):
-    """Raise TrainingStopped at a batch boundary after a stop signal, or when the loss is not finite."""
+    """Raise TrainingStopped at a batch boundary after a stop signal, or when the loss is not finite.
+
+    Put it first: its epoch-end check keeps an epoch whose weights went non-finite from being saved.
+    """
 
     def __init__(self, signals: StopSignals):
         super().__init__()
@@ -108,12 +113,19 @@ class StopGuard(keras.callbacks.Callback):
         self._check(f"before epoch {self.epoch}")
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise TrainingStopped(
-                f"the training loss became {float(loss)} in epoch {self.epoch}, batch {batch + 1}; "
-                "try a lower --learning-rate", "nan", 3)
+        self._finite(logs, "loss", f"in epoch {self.epoch}, batch {batch + 1}")
         self._check(f"during epoch {self.epoch}")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        for name in ("loss", "val_loss"):
+            self._finite(logs, name, f"at the end of epoch {self.epoch}")
+
+    @staticmethod
+    def _finite(logs: dict | None, name: str, where: str) -> None:
+        value = (logs or {}).get(name)
+        if value is not None and not math.isfinite(float(value)):
+            raise TrainingStopped(f"the {'training' if name == 'loss' else 'validation'} loss became "
+                                  f"{float(value)} {where}", "nan", 3)
 
     def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._check(f"during the validation of epoch {self.epoch}")

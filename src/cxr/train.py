@@ -17,14 +17,14 @@ from typing import Any
 import keras
 
 from cxr import files
-from cxr.adaptive import AdaptiveLR, AskToContinue
+from cxr.adaptive import AdaptiveLR, AskToContinue, current_learning_rate
 from cxr.callbacks import EpochLog
 from cxr.checkpoint import RunCheckpoint, lock_run, read_state, remove_temporaries, set_seed_states
 from cxr.config import Config
 from cxr.data.batches import ImageBatches, label_indices, load_images
 from cxr.data.prepare import prepare_split, summary_table
 from cxr.data.split import SPLITS, Split, read_split, write_split
-from cxr.errors import ConfigError, DatasetError
+from cxr.errors import ConfigError, DatasetError, UserError
 from cxr.evaluate import evaluate_run, read_run_config
 from cxr.model import build_model, compile_model, load_model, resolve_weights
 from cxr.stopping import StopGuard, StopSignals, TrainingStopped, terminal_reader
@@ -58,30 +58,52 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
         return _fit_and_evaluate(run_dir, resolved, split, None, progress, echo, read)
 
 
-def resume(run_dir: str | os.PathLike, epochs: int | None = None, progress: bool = True, echo=print,
-           read: Reader | None = None) -> Path:
-    """Continue a run from its last completed epoch (to `epochs` in all, if given)."""
+COMPLETE = ("finished", "halted", "stopped early")  # statuses after which training ended by design
+
+
+def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate: float | None = None,
+           progress: bool = True, echo=print, read: Reader | None = None) -> Path:
+    """Continue a run from its last completed epoch.
+
+    `epochs` trains to that epoch in all (also a complete run, with a fresh allowance of rate
+    reductions); `learning_rate` replaces the current rate (after a NaN loss, say).
+    """
     run_dir = Path(run_dir)
     config = Config(**read_run_config(run_dir)).validate()
     with lock_run(run_dir):
         state = read_state(run_dir)
+        if state is None and any((run_dir / name).exists() for name in ("history.csv", "model.keras")):
+            raise UserError(f"{run_dir} has no checkpoints/state.json: it was trained by an earlier version of "
+                            "cxr without resumable checkpoints; start a new run")
         done = state["epoch"] if state else 0
+        complete = state is not None and (state.get("status") in COMPLETE or done >= config.epochs)
+        finalize = False
         if epochs is not None:
             if epochs <= done:
                 raise ConfigError(f"{run_dir} has trained {done} epoch(s) already; --epochs must be more than that")
             config.epochs = epochs
             files.write_text(run_dir / "config.yaml", config.validate().to_yaml())
-        elif done >= config.epochs and (run_dir / "eval").is_dir():
-            raise ConfigError(f"{run_dir} has finished all {config.epochs} epochs; to train longer, add "
-                              f"--epochs N with N > {done} (cxr evaluate {run_dir} evaluates it again)")
+            if state:
+                state["adaptive"].update(wait=0, reductions=0)
+        elif complete and (run_dir / "eval").is_dir():
+            raise ConfigError(f"{run_dir} is complete ({state.get('status')} after epoch {done} of {config.epochs}); "
+                              f"to train longer, add --epochs N with N > {done} (cxr evaluate {run_dir} evaluates "
+                              "it again)")
+        elif complete:
+            finalize = True  # training ended but its final evaluation did not: finish that
+        if learning_rate is not None and not learning_rate > 0:
+            raise ConfigError(f"learning_rate must be positive, got {learning_rate!r}")
         remove_temporaries(run_dir, echo)
         split = read_split(run_dir / "split")
-        echo(f"resuming {run_dir} after epoch {done} of {config.epochs}")
-        return _fit_and_evaluate(run_dir, config, split, state, progress, echo, read)
+        echo(f"resuming {run_dir} after epoch {done} of {config.epochs}"
+             + (": training is complete, evaluating it" if finalize else ""))
+        return _fit_and_evaluate(run_dir, config, split, state, progress, echo, read,
+                                 learning_rate=learning_rate, finalize=finalize)
 
 
 def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[str, Any] | None,
-                      progress: bool, echo, read: Reader | None) -> Path:
+                      progress: bool, echo, read: Reader | None, learning_rate: float | None = None,
+                      finalize: bool = False) -> Path:
     classes = split.classes
     try:
         arrays = {name: load_images(split.root, split.frames[name]["file"], config.image_size, config.workers,
@@ -101,6 +123,9 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
         set_seed_states(model, state["seed_states"])
         if state.get("best_model"):
             best_weights = load_model(folder / state["best_model"]).get_weights()
+        if learning_rate is not None:
+            echo(f"learning rate {current_learning_rate(model):.2e} -> {learning_rate:.2e}")
+            model.optimizer.learning_rate = learning_rate
     else:
         model = build_model(len(classes), config.image_size, config.weights, config.backbone, config.bn_momentum)
         compile_model(model, config.learning_rate)
@@ -112,22 +137,22 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
     if state:
         adaptive.set_state(state["adaptive"], best_weights)
     log = EpochLog(config.epochs, echo, adaptive, rows=state["history"] if state else None)
-    checkpoint = RunCheckpoint(run_dir, config.epochs, log, adaptive, state=state)
+    checkpoint = RunCheckpoint(run_dir, config.epochs, log, adaptive, state=state, ask_epoch=config.ask_epoch)
     signals = StopSignals(on_second=lambda: _resume_hint(run_dir, checkpoint))
-    if read is None and config.ask_epoch and sys.stdin.isatty():
+    if read is None and config.ask_epoch and sys.stdin.isatty() and not finalize:
         read = terminal_reader(signals)
     asker = None
     if read is not None and config.ask_epoch:
         asker = AskToContinue(config.ask_epoch, config.epochs, read, echo, on_answer=checkpoint.record_answer)
-        if state:
-            asker.set_state(state.get("ask", {}))
+        asker.set_state(checkpoint.state.get("ask", {}))
         checkpoint.asker = asker
-    elif config.ask_epoch:
+    elif config.ask_epoch and not finalize:
         echo("not asking whether to continue: standard input is not a terminal")
 
-    echo(f"training {model.name} ({model.count_params():,} parameters) to epoch {config.epochs} "
-         f"at {config.image_size}px, batch {config.batch_size}, backend {keras.backend.backend()}"
-         + (", deterministic" if config.deterministic else ""))
+    if not finalize:
+        echo(f"training {model.name} ({model.count_params():,} parameters) to epoch {config.epochs} "
+             f"at {config.image_size}px, batch {config.batch_size}, backend {keras.backend.backend()}"
+             + (", deterministic" if config.deterministic else ""))
     # On a terminal, Keras' progress bar; its logger goes before EpochLog so that the epoch line is
     # printed after the bar's last update rather than inside it. Elsewhere, the epoch lines only.
     bar = progress and sys.stdout.isatty()
@@ -140,14 +165,20 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
         with signals:
             # shuffle=False: ImageBatches shuffles itself, reproducibly; Keras would reorder batches
             # with Python's global random state, which a resumed process cannot reproduce.
-            model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
-                      initial_epoch=checkpoint.state["epoch"], callbacks=callbacks, verbose=1 if bar else 0,
-                      shuffle=False)
+            if not finalize:
+                model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
+                          initial_epoch=checkpoint.state["epoch"], callbacks=callbacks, verbose=1 if bar else 0,
+                          shuffle=False)
     except TrainingStopped as error:
         stopped = error
+        adaptive.on_train_end()  # Keras skips it when fit raises; the model in memory gets the best too
+    if stopped is None and signals.received:  # it came after the last batch: stop before the long evaluation
+        stopped = signals.stopped("after the last epoch")
 
     done = checkpoint.state["epoch"]
-    if stopped:
+    if finalize:
+        status = state["status"] if state["status"] in COMPLETE else "finished"
+    elif stopped:
         status = stopped.kind
     elif asker is not None and asker.halted:
         status = "halted"
@@ -156,30 +187,34 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
     else:
         status = "finished"
     if done == 0:
-        hint = f"; start it again with: cxr train --resume {run_dir}" if status == "interrupted" else ""
+        hint = (f"; start it again with: cxr train --resume {run_dir}" if status == "interrupted"
+                else "; start a new run with a lower --learning-rate" if status == "nan" else "")
         raise TrainingStopped(f"{stopped.reason if stopped else 'training stopped'}. No epoch was completed, so "
                               f"no model was saved{hint}", status, stopped.exit_code if stopped else 1)
     checkpoint.commit(status)
     kept = checkpoint.best_model_path or checkpoint.last_model_path
     best = checkpoint.state.get("best_epoch")
     echo(f"training {status} after epoch {done} of {config.epochs}; "
-         + (f"the best epoch ({best}) is kept as model.keras" if checkpoint.best_model_path
-            else "no epoch improved on the start; the last is kept as model.keras"))
+         + (f"the best epoch ({best}) is kept as model.keras" if best
+            else "no epoch improved on the initial weights, which are kept as model.keras"))
     with files.atomic_path(run_dir / "model.keras") as tmp:
         shutil.copyfile(kept, tmp)
 
     if stopped:
         metrics = evaluate_run(run_dir, images=arrays, progress=progress, echo=echo, out_name="eval-interrupted",
                                splits=("val", "test"))
+        command = f"cxr train --resume {run_dir}"
+        if stopped.kind == "nan":
+            command += f" --learning-rate {checkpoint.state['learning_rate'] / 10:.2g}"
         raise TrainingStopped(f"{stopped.reason}. {_saved(done).capitalize()}; the best so far is model.keras, "
-                              f"evaluated in {metrics['eval_dir']}. Resume with: cxr train --resume {run_dir}",
+                              f"evaluated in {metrics['eval_dir']}. Resume with: {command}",
                               stopped.kind, stopped.exit_code)
     evaluate_run(run_dir, images=arrays, progress=progress, echo=echo)
     return run_dir
 
 
 def _resume_hint(run_dir: Path, checkpoint: RunCheckpoint) -> str:
-    return f"In {run_dir}, {_saved(checkpoint.state['epoch'])}. Resume with: cxr train --resume {run_dir}"
+    return f"In {run_dir}, {_saved(checkpoint.saved_epoch)}. Resume with: cxr train --resume {run_dir}"
 
 
 def _saved(done: int) -> str:
