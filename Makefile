@@ -24,7 +24,7 @@ demo: $(VENV)/.installed-demo
 	$(BIN)/cxr demo
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
 
 test: lint
 	$(BIN)/python -m pytest

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import only_run
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +25,6 @@ def cxr(*args: str, backend: str = "tensorflow", cwd: Path | None = None, timeou
                             cwd=cwd, stdin=subprocess.DEVNULL, timeout=timeout)
     assert result.returncode == 0, f"cxr {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
-
-
-def only_run(runs: Path) -> Path:
-    folders = [p for p in runs.iterdir() if p.is_dir() and p.name != "demo-data"]
-    assert len(folders) == 1, folders
-    return folders[0]
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])

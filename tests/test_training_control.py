@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import only_run
 
 from cxr.checkpoint import RunBusyError, lock_run, read_state, remove_temporaries
 from cxr.cli import main
@@ -200,7 +201,7 @@ def run_outcome(run: Path) -> tuple[pd.DataFrame, list[np.ndarray], dict]:
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_sigkill_during_epoch_2_then_resume_equals_an_uninterrupted_run(sample, tmp_path, backend):
     run_cli(cli_args(sample, tmp_path / "whole", "whole", 3), backend=backend)
-    whole = run_outcome(next((tmp_path / "whole").iterdir()))
+    whole = run_outcome(only_run(tmp_path / "whole"))
 
     process = start(cli_args(sample, tmp_path / "killed", "killed", 3), backend)
     run = wait_for_epoch(tmp_path / "killed", 1, process)
@@ -226,7 +227,7 @@ def test_sigkill_during_epoch_2_then_resume_equals_an_uninterrupted_run(sample, 
 @pytest.mark.slow
 def test_sigint_stops_saves_evaluates_says_how_to_resume_and_resume_finishes(sample, tmp_path):
     run_cli(cli_args(sample, tmp_path / "whole", "whole", 6))
-    whole = run_outcome(next((tmp_path / "whole").iterdir()))
+    whole = run_outcome(only_run(tmp_path / "whole"))
     process = start(cli_args(sample, tmp_path / "int", "int", 6))
     run = wait_for_epoch(tmp_path / "int", 1, process)
     with pytest.raises(RunBusyError, match=f"pid {process.pid}"):
@@ -285,7 +286,7 @@ def test_a_nan_after_saved_epochs_keeps_and_evaluates_the_best_and_can_resume(ph
     monkeypatch.setattr(cxr.train, "StopGuard", NanInEpoch2)
     with pytest.raises(TrainingStopped) as caught:
         train(tiny_config(phantoms, tmp_path, epochs=4), **QUIET)
-    run = next(tmp_path.iterdir())
+    run = only_run(tmp_path)
     assert caught.value.kind == "nan" and "the training loss became nan in epoch 2, batch 1" in str(caught.value)
     assert (f"Epoch 1 is saved; the best so far is model.keras, evaluated in {run / 'eval-interrupted'}. "
             f"Resume with: cxr train --resume {run} --learning-rate 0.0001") in str(caught.value)

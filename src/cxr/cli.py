@@ -34,6 +34,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                         help="images whose 256-bit perceptual hashes differ in at most this many bits are "
                              "copies (default 20; -1: exact copies only)")
     parser.add_argument("--workers", type=int, help="image decoding threads (default: one per core)")
+    parser.add_argument("--cache-dir", help="decoded-image cache: auto (<runs-dir>/cache, default), none, or a folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +98,7 @@ def _settings(args: argparse.Namespace, names: list[str]) -> dict:
     return {name: getattr(args, name, None) for name in names}
 
 
-DATA_SETTINGS = ["data", "classes", "seed", "split_fractions", "duplicate_distance", "workers"]
+DATA_SETTINGS = ["data", "classes", "seed", "split_fractions", "duplicate_distance", "workers", "cache_dir"]
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ class Config:
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     duplicate_distance: int = 20  # perceptual-hash bits (of 256) within which images are copies
     workers: int = 0  # image decoding threads; 0 = one per core
+    cache_dir: str = "auto"  # decoded-image cache: auto = <runs_dir>/cache, none = off, or a folder
     # The reference's learning-rate controller (see cxr.adaptive): monitor training accuracy until
     # `threshold`, then val_loss; after `patience` epochs without improvement multiply the rate by
     # `factor` (and with `dwell` go back to the best weights); stop after `stop_patience` reductions.
@@ -79,6 +80,8 @@ class Config:
              f"duplicate_distance must be an integer of -1 or more, got {self.duplicate_distance!r}")
         need(integer(self.seed, 0), f"seed must be a non-negative integer, got {self.seed!r}")
         need(integer(self.workers, 0), f"workers must be 0 or more, got {self.workers!r}")
+        need(isinstance(self.cache_dir, str) and self.cache_dir != "",
+             f"cache_dir must be auto, none or a folder, got {self.cache_dir!r}")
         need(self.classes is None or (isinstance(self.classes, list) and len(self.classes) >= 2),
              f"classes must be a list of at least 2 folder names, got {self.classes!r}")
         need(isinstance(self.threshold, (int, float)) and 0 <= self.threshold <= 1,

@@ -23,7 +23,8 @@ from sklearn.metrics import (
 )
 
 from cxr import files
-from cxr.data.batches import label_indices, load_images
+from cxr.data.batches import ImageBatches, label_indices
+from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.split import SPLITS, read_split
 from cxr.model import load_model
 
@@ -118,9 +119,11 @@ def evaluate_run(
         frame = split.frames[name]
         if len(frame) == 0:
             continue
-        array = images[name] if images and name in images else load_images(
-            config["data"], frame["file"], size, config.get("workers", 0), progress, desc=f"decode {name}")
-        probabilities = model.predict(array, batch_size=batch_size, verbose=0)
+        array = images[name] if images and name in images else load_split_images(
+            resolve_cache_dir(config.get("cache_dir", "auto"), run_dir.parent), config["data"], frame["file"],
+            size, config.get("workers", 0), progress, desc=f"decode {name}", echo=echo)
+        # Batches from the (memory-mapped) array: predict would otherwise copy all of it at once.
+        probabilities = model.predict(ImageBatches(array, None, len(classes), batch_size), verbose=0)
         truth = label_indices(frame["label"], classes)
         metrics["splits"][name] = {
             "images": int(len(frame)),

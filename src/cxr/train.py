@@ -21,7 +21,8 @@ from cxr.adaptive import AdaptiveLR, AskToContinue, current_learning_rate
 from cxr.callbacks import EpochLog
 from cxr.checkpoint import RunCheckpoint, lock_run, read_state, remove_temporaries, set_seed_states
 from cxr.config import Config
-from cxr.data.batches import ImageBatches, label_indices, load_images
+from cxr.data.batches import ImageBatches, label_indices
+from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.prepare import prepare_split, summary_table
 from cxr.data.split import SPLITS, Split, read_split, write_split
 from cxr.errors import ConfigError, DatasetError, UserError
@@ -106,8 +107,10 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
                       finalize: bool = False) -> Path:
     classes = split.classes
     try:
-        arrays = {name: load_images(split.root, split.frames[name]["file"], config.image_size, config.workers,
-                                    progress, desc=f"decode {name}") for name in SPLITS}
+        cache_dir = resolve_cache_dir(config.cache_dir, run_dir.parent)
+        arrays = {name: load_split_images(cache_dir, split.root, split.frames[name]["file"], config.image_size,
+                                          config.workers, progress, desc=f"decode {name}", echo=echo)
+                  for name in SPLITS}
     except KeyboardInterrupt:
         raise TrainingStopped(f"interrupted before training; resume with: cxr train --resume {run_dir}",
                               "interrupted", 130) from None

@@ -1,8 +1,8 @@
 """Decoded images in memory and the batches Keras trains on.
 
-Each split is decoded once per run, in parallel, into one uint8 array (N, H, W, 1): one byte per
-pixel, which is the model's input contract. A persistent, memory-mapped cache can replace
-`load_images` without changing `ImageBatches`.
+Each split is decoded in parallel into one uint8 array (N, H, W, 1): one byte per pixel, which is
+the model's input contract. `cxr.data.cache` keeps such arrays on disk, memory-mapped, so that
+later runs skip decoding; `ImageBatches` reads either kind.
 """
 
 from __future__ import annotations
@@ -34,9 +34,26 @@ def load_images(
     Raises DatasetError naming every file that no longer decodes (a reused split may point at
     files that changed since it was made).
     """
+    out = np.empty((len(files), size, size, 1), dtype=np.uint8)
+    decode_into(out, root, files, size, workers, progress, desc)
+    return out
+
+
+def decode_into(
+    out: np.ndarray,
+    root: str | os.PathLike,
+    files: list[str] | pd.Series,
+    size: int,
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "decode",
+) -> None:
+    """Decode files into `out` (an array or a writable memory map of shape (N, size, size, 1)).
+
+    OpenCV releases the GIL while decoding and resizing, so threads use every core.
+    """
     root = Path(root)
     paths = [root / f for f in files]
-    out = np.empty((len(paths), size, size, 1), dtype=np.uint8)
     failures = []
 
     def load(index: int) -> None:
@@ -53,7 +70,6 @@ def load_images(
         shown = "\n  ".join(sorted(failures)[:10])
         more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
         raise DatasetError(f"{len(failures)} image(s) in the split cannot be read:\n  {shown}{more}")
-    return out
 
 
 def label_indices(labels: pd.Series | list[str], classes: list[str]) -> np.ndarray:
@@ -66,18 +82,19 @@ def label_indices(labels: pd.Series | list[str], classes: list[str]) -> np.ndarr
 
 
 class ImageBatches(keras.utils.PyDataset):
-    """(uint8 images, one-hot labels) batches over an in-memory or memory-mapped array.
+    """(uint8 images, one-hot labels) batches over an in-memory or memory-mapped array; images only
+    when `labels` is None (for predict).
 
     With `shuffle`, the order of epoch e is a pure function of (seed, e), set by `set_epoch` from a
     callback's on_epoch_begin: a resumed run sees the same order as an uninterrupted one. (Keras calls
     a PyDataset's own on_epoch_end a varying number of times, so it cannot count epochs.)
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None, n_classes: int, batch_size: int,
                  shuffle: bool = False, seed: int = 0):
         super().__init__()
         self.images = images
-        self.targets = keras.utils.to_categorical(labels, n_classes).astype("float32")
+        self.targets = None if labels is None else keras.utils.to_categorical(labels, n_classes).astype("float32")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -87,8 +104,11 @@ class ImageBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        # Sorted rows read a memory map in file order; the batch's composition is what is shuffled.
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        if self.targets is None:
+            return (self.images[rows],)
         return self.images[rows], self.targets[rows]
 
     def set_epoch(self, epoch: int) -> None:
