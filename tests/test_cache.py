@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import cxr.data.batches
-from cxr.data.batches import ImageBatches, load_images
-from cxr.data.cache import cached_images, resolve_cache_dir
+from cxr.data.batches import ImageBatches
+from cxr.data.cache import cached_images, load_split_images, resolve_cache_dir
 from cxr.errors import DatasetError
 
 
@@ -24,7 +24,7 @@ def files(sample):
 def test_cached_images_equal_direct_decoding_and_are_a_read_only_memory_map(sample, files, tmp_path):
     messages = []
     cached = cached_images(tmp_path, sample, files, 48, progress=False, echo=messages.append)
-    direct = load_images(sample, files, 48, progress=False)
+    direct = load_split_images(None, sample, files, 48, progress=False)
     assert isinstance(cached, np.memmap) and cached.shape == (30, 48, 48, 1) and cached.dtype == np.uint8
     assert np.array_equal(cached, direct)
     assert not cached.flags.writeable
@@ -71,14 +71,14 @@ def test_a_damaged_cache_is_decoded_again_and_a_missing_file_is_named(sample, fi
     messages = []
     repaired = cached_images(tmp_path, sample, files, 40, progress=False, echo=messages.append)
     assert messages[0].startswith(f"decode cache {npy} is damaged") and messages[0].endswith("decoding again")
-    assert np.array_equal(repaired, load_images(sample, files, 40, progress=False))
+    assert np.array_equal(repaired, load_split_images(None, sample, files, 40, progress=False))
     with pytest.raises(DatasetError, match=r"1 image\(s\) in the split cannot be read:\n  .*nowhere.png: No such"):
         cached_images(tmp_path, sample, [*files, "COVID/images/nowhere.png"], 40, progress=False)
 
 
 def test_batches_from_the_cache_equal_batches_from_decoded_images(sample, files, tmp_path):
     cached = cached_images(tmp_path, sample, files, 32, progress=False, echo=lambda _: None)
-    direct = load_images(sample, files, 32, progress=False)
+    direct = load_split_images(None, sample, files, 32, progress=False)
     labels = np.arange(len(files)) % 3
     for epoch in (0, 1, 5):
         a = ImageBatches(cached, labels, 3, 8, shuffle=True, seed=7)

@@ -21,24 +21,6 @@ from cxr.data.images import load_image
 from cxr.errors import DatasetError, ImageError
 
 
-def load_images(
-    root: str | os.PathLike,
-    files: list[str] | pd.Series,
-    size: int,
-    workers: int = 0,
-    progress: bool = True,
-    desc: str = "decode",
-) -> np.ndarray:
-    """Decode files (relative to root) into a uint8 array (N, size, size, 1).
-
-    Raises DatasetError naming every file that no longer decodes (a reused split may point at
-    files that changed since it was made).
-    """
-    out = np.empty((len(files), size, size, 1), dtype=np.uint8)
-    decode_into(out, root, files, size, workers, progress, desc)
-    return out
-
-
 def decode_into(
     out: np.ndarray,
     root: str | os.PathLike,
@@ -48,9 +30,11 @@ def decode_into(
     progress: bool = True,
     desc: str = "decode",
 ) -> None:
-    """Decode files into `out` (an array or a writable memory map of shape (N, size, size, 1)).
+    """Decode files (relative to root) into `out`, an array or writable memory map (N, size, size, 1).
 
-    OpenCV releases the GIL while decoding and resizing, so threads use every core.
+    OpenCV releases the GIL while decoding and resizing, so threads use every core. Raises
+    DatasetError naming every file that does not decode (a reused split may point at files that
+    changed since it was made).
     """
     root = Path(root)
     paths = [root / f for f in files]

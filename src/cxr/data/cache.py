@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxr import files as outputs
-from cxr.data.batches import decode_into, load_images
+from cxr.data.batches import decode_into
 from cxr.errors import DatasetError
 
 CACHE_FORMAT = 1
@@ -92,5 +92,7 @@ def load_split_images(cache_dir: Path | None, root: str | os.PathLike, files: li
                       echo: Callable[[str], None] = print) -> np.ndarray:
     """From the cache when there is one, else decoded into memory."""
     if cache_dir is None:
-        return load_images(root, files, size, workers, progress, desc)
+        images = np.empty((len(files), size, size, 1), dtype=np.uint8)
+        decode_into(images, root, files, size, workers, progress, desc)
+        return images
     return cached_images(cache_dir, root, files, size, workers, progress, desc, echo)
