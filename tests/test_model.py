@@ -112,3 +112,15 @@ def test_bn_momentum_applies_to_the_backbone_only():
     model = build_model(4, 32, weights="none", backbone="tiny", bn_momentum=0.9)
     assert model.get_layer("tiny_bn1").momentum == 0.9
     assert model.get_layer("head_bn").momentum == 0.99
+
+
+def test_predict_array_agrees_with_model_predict_in_uneven_batches():
+    from cxr.model import predict_array
+
+    model = build_model(3, 32, weights="none", backbone="tiny")
+    images = np.random.default_rng(0).integers(0, 256, (21, 32, 32, 1), dtype=np.uint8)
+    expected = model.predict(images, batch_size=8, verbose=0)
+    probabilities = predict_array(model, images, batch_size=8)  # batches of 8, 8 and 5
+    assert probabilities.shape == (21, 3)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert predict_array(model, images[:0]).shape == (0, 3)

@@ -23,10 +23,10 @@ from sklearn.metrics import (
 )
 
 from cxr import files
-from cxr.data.batches import ImageBatches, label_indices
+from cxr.data.batches import label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.split import SPLITS, read_split
-from cxr.model import load_model
+from cxr.model import load_model, predict_array
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
@@ -122,8 +122,7 @@ def evaluate_run(
         array = images[name] if images and name in images else load_split_images(
             resolve_cache_dir(config.get("cache_dir", "auto"), run_dir.parent), config["data"], frame["file"],
             size, config.get("workers", 0), progress, desc=f"decode {name}", echo=echo)
-        # Batches from the (memory-mapped) array: predict would otherwise copy all of it at once.
-        probabilities = model.predict(ImageBatches(array, None, len(classes), batch_size), verbose=0)
+        probabilities = predict_array(model, array, batch_size)
         truth = label_indices(frame["label"], classes)
         metrics["splits"][name] = {
             "images": int(len(frame)),

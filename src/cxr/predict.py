@@ -12,7 +12,7 @@ import yaml
 
 from cxr.data.images import IMAGE_SUFFIXES, load_image
 from cxr.errors import ImageError
-from cxr.model import load_model
+from cxr.model import load_model, predict_array
 
 
 def find_images(paths: list[str | os.PathLike]) -> list[Path]:
@@ -68,7 +68,7 @@ def predict_files(
     probabilities = np.full((len(frame), len(classes)), np.nan)
     if images:
         batch = np.stack(images)[..., None]
-        probabilities[readable] = model.predict(batch, batch_size=batch_size, verbose=0)
+        probabilities[readable] = predict_array(model, batch, batch_size)
     filled = np.nan_to_num(probabilities, nan=-1.0)
     frame.insert(1, "predicted", np.where(readable, np.array(classes)[filled.argmax(axis=1)], ""))
     frame.insert(2, "probability", np.where(readable, filled.max(axis=1), np.nan))

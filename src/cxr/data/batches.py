@@ -66,19 +66,18 @@ def label_indices(labels: pd.Series | list[str], classes: list[str]) -> np.ndarr
 
 
 class ImageBatches(keras.utils.PyDataset):
-    """(uint8 images, one-hot labels) batches over an in-memory or memory-mapped array; images only
-    when `labels` is None (for predict).
+    """(uint8 images, one-hot labels) batches over an in-memory or memory-mapped array.
 
     With `shuffle`, the order of epoch e is a pure function of (seed, e), set by `set_epoch` from a
     callback's on_epoch_begin: a resumed run sees the same order as an uninterrupted one. (Keras calls
     a PyDataset's own on_epoch_end a varying number of times, so it cannot count epochs.)
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None, n_classes: int, batch_size: int,
+    def __init__(self, images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
                  shuffle: bool = False, seed: int = 0):
         super().__init__()
         self.images = images
-        self.targets = None if labels is None else keras.utils.to_categorical(labels, n_classes).astype("float32")
+        self.targets = keras.utils.to_categorical(labels, n_classes).astype("float32")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -88,11 +87,9 @@ class ImageBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         # Sorted rows read a memory map in file order; the batch's composition is what is shuffled.
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        if self.targets is None:
-            return (self.images[rows],)
         return self.images[rows], self.targets[rows]
 
     def set_epoch(self, epoch: int) -> None:

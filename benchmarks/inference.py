@@ -1,0 +1,105 @@
+"""CPU inference at 224 px with the real DenseNet169 classifier: `model.predict` (what the reference
+used) against a direct call of the model, a compiled (`tf.function`) call and `predict_on_batch`
+(Keras' compiled predict step without the data pipeline; what `cxr predict` uses).
+
+Single-image latency (p50, p95 over --calls calls, after warm-up) and batch-32 throughput; all three
+in the same process on the same random uint8 images, with outputs checked to agree within 1e-4.
+
+    .venv/bin/python benchmarks/inference.py [--calls 50] [--repeats 5]
+
+Prints a table and writes benchmarks/results/inference-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cxr.model import build_model  # noqa: E402
+
+SIZE = 224
+
+
+def latencies(call, image: np.ndarray, calls: int) -> list[float]:
+    for _ in range(3):  # warm-up: tracing, allocation
+        call(image)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call(image)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def throughput(call, batch: np.ndarray, repeats: int) -> list[float]:
+    call(batch)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(batch)
+        rates.append(len(batch) / (time.perf_counter() - start))
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+
+    keras.utils.set_random_seed(0)
+    model = build_model(4, SIZE, weights="none")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1, SIZE, SIZE, 1), dtype=np.uint8)
+    batch = rng.integers(0, 256, (32, SIZE, SIZE, 1), dtype=np.uint8)
+    compiled = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    engines = {
+        "model.predict (reference)": lambda x: model.predict(x, verbose=0),
+        "model(x) direct call": lambda x: keras.ops.convert_to_numpy(model(x, training=False)),
+        "tf.function compiled call": lambda x: compiled(tf.constant(x)).numpy(),
+        "model.predict_on_batch": lambda x: model.predict_on_batch(x),
+    }
+    expected = engines["model.predict (reference)"](batch)
+    result = {"benchmark": "inference", "image_size": SIZE, "calls": args.calls, "repeats": args.repeats,
+              "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
+                          "python": sys.version.split()[0], "tensorflow": tf.__version__,
+                          "keras": keras.__version__},
+              "engines": {}}
+    for name, call in engines.items():
+        difference = float(np.abs(call(batch) - expected).max())
+        assert difference < 1e-4, f"{name} differs from model.predict by {difference}"
+        single = latencies(call, image, args.calls)
+        rates = throughput(call, batch, args.repeats)
+        result["engines"][name] = {
+            "p50_ms": float(np.percentile(single, 50)), "p95_ms": float(np.percentile(single, 95)),
+            "batch32_images_per_s": statistics.median(rates), "max_abs_difference": difference}
+    reference = result["engines"]["model.predict (reference)"]
+    print(f"\n{'DenseNet169 classifier, 224 px, CPU':<30}{'p50 ms':>9}{'p95 ms':>9}{'p50 ratio':>11}"
+          f"{'batch-32 img/s':>16}")
+    for name, row in result["engines"].items():
+        row["p50_ratio_to_predict"] = row["p50_ms"] / reference["p50_ms"]
+        print(f"{name:<30}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}{row['p50_ratio_to_predict']:>10.2f}x"
+              f"{row['batch32_images_per_s']:>16.1f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"inference-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
