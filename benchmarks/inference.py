@@ -13,11 +13,8 @@ Prints a table and writes benchmarks/results/inference-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +24,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from common import machine_info, save_result  # noqa: E402
 
 from cxr.model import build_model  # noqa: E402
 
@@ -75,9 +73,7 @@ def main() -> None:
     }
     expected = engines["model.predict (reference)"](batch)
     result = {"benchmark": "inference", "image_size": SIZE, "calls": args.calls, "repeats": args.repeats,
-              "machine": {"cores": os.cpu_count(), "platform": platform.platform(),
-                          "python": sys.version.split()[0], "tensorflow": tf.__version__,
-                          "keras": keras.__version__},
+              "machine": machine_info(tensorflow=tf.__version__, keras=keras.__version__),
               "engines": {}}
     for name, call in engines.items():
         difference = float(np.abs(call(batch) - expected).max())
@@ -94,11 +90,7 @@ def main() -> None:
         row["p50_ratio_to_predict"] = row["p50_ms"] / reference["p50_ms"]
         print(f"{name:<30}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}{row['p50_ratio_to_predict']:>10.2f}x"
               f"{row['batch32_images_per_s']:>16.1f}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"inference-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {path}")
+    save_result(args.out, "inference", result)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,9 @@ Prints a table and writes benchmarks/results/input_pipeline-<time>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +27,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from common import machine_info, save_result  # noqa: E402
 
 from cxr.data.batches import ImageBatches  # noqa: E402
 from cxr.data.cache import cached_images  # noqa: E402
@@ -125,9 +123,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     result = {
         "benchmark": "input_pipeline", "images": n, "image_size": SIZE, "batch_size": BATCH,
         "repeats": args.repeats,
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-                    "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
-                    "opencv": cv2.__version__},
+        "machine": machine_info(tensorflow=tf.__version__, keras=keras.__version__, numpy=np.__version__,
+                                opencv=cv2.__version__),
         "reference_imagedatagenerator": {"images_per_s": reference, "median": median(reference)},
         "ours_epoch1_decode_into_cache": {"images_per_s": first, "median": median(first)},
         "ours_epoch2plus_from_cache": {"images_per_s": later, "median": median(later)},
@@ -147,11 +144,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     print(f"cxr resident memory after the epochs: +{mib.get('VmRSS', 0):.1f} MiB "
           f"({result['ours_resident_mib_per_cached_image']:.3f} MiB per cached image; "
           f"anonymous +{mib.get('RssAnon', 0):.1f} MiB, file-backed +{mib.get('RssFile', 0):.1f} MiB)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"input_pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {path}")
+    save_result(args.out, "input_pipeline", result)
 
 
 if __name__ == "__main__":
