@@ -51,9 +51,14 @@ def decode_into(
                       unit="img", disable=not progress):
             pass
     if failures:
-        shown = "\n  ".join(sorted(failures)[:10])
-        more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
-        raise DatasetError(f"{len(failures)} image(s) in the split cannot be read:\n  {shown}{more}")
+        raise unreadable_images(failures)
+
+
+def unreadable_images(failures: list[str]) -> DatasetError:
+    """One error listing the split's unreadable files ("path: reason"), the first ten in order."""
+    shown = "\n  ".join(sorted(failures)[:10])
+    more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+    return DatasetError(f"{len(failures)} image(s) in the split cannot be read:\n  {shown}{more}")
 
 
 def label_indices(labels: pd.Series | list[str], classes: list[str]) -> np.ndarray:

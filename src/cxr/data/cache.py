@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxr import files as outputs
-from cxr.data.batches import decode_into
-from cxr.errors import DatasetError
+from cxr.data.batches import decode_into, unreadable_images
 
 CACHE_FORMAT = 1
 
@@ -37,9 +36,7 @@ def cache_key(root: str | os.PathLike, files: list[str] | pd.Series, size: int) 
             continue
         digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     if missing:
-        shown = "\n  ".join(missing[:10])
-        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise DatasetError(f"{len(missing)} image(s) in the split cannot be read:\n  {shown}{more}")
+        raise unreadable_images(missing)
     return digest.hexdigest()[:24]
 
 
