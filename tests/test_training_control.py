@@ -20,10 +20,11 @@ import pandas as pd
 import pytest
 from conftest import only_run
 
-from cxr.checkpoint import RunBusyError, lock_run, read_state, remove_temporaries
+from cxr.checkpoint import RunBusyError, lock_run, read_state
 from cxr.cli import main
 from cxr.config import resolve
 from cxr.errors import ConfigError, UserError
+from cxr.files import remove_temporaries
 from cxr.model import load_model
 from cxr.stopping import StopSignals, TrainingStopped, terminal_reader
 from cxr.train import resume, train

@@ -15,7 +15,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,15 +159,3 @@ def lock_run(run_dir: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         handle.close()
-
-
-def remove_temporaries(run_dir: str | os.PathLike, echo: Callable[[str], None] = print) -> int:
-    """Delete temporary files left by a process that was killed while writing (`.name.xxxx.ext`)."""
-    removed = 0
-    for path in Path(run_dir).rglob(".*"):
-        if path.is_file() and path.name != ".lock" and path.name.count(".") >= 3:
-            path.unlink()
-            removed += 1
-    if removed:
-        echo(f"removed {removed} partly written temporary file(s) left by the interrupted process")
-    return removed

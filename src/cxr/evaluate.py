@@ -23,6 +23,7 @@ from sklearn.metrics import (
 )
 
 from cxr import files
+from cxr.checkpoint import state_path
 from cxr.data.batches import label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.split import SPLITS, read_split
@@ -38,7 +39,7 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
 
 def training_summary(run_dir: str | os.PathLike) -> dict | None:
     """How far the run's training got (from checkpoints/state.json), for metrics.json."""
-    path = Path(run_dir) / "checkpoints" / "state.json"
+    path = state_path(run_dir)
     if not path.is_file():
         return None
     state = json.loads(path.read_text(encoding="utf-8"))

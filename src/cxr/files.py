@@ -45,6 +45,18 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         tmp_path.unlink(missing_ok=True)
 
 
+def remove_temporaries(folder: str | os.PathLike, echo: Callable[[str], None] = print) -> int:
+    """Delete the temporaries of `atomic_path` (`.name.xxxx.ext`) that a killed process left under `folder`."""
+    removed = 0
+    for path in Path(folder).rglob(".*"):
+        if path.is_file() and path.name != ".lock" and path.name.count(".") >= 3:
+            path.unlink()
+            removed += 1
+    if removed:
+        echo(f"removed {removed} partly written temporary file(s) left by the interrupted process")
+    return removed
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -19,7 +19,7 @@ import keras
 from cxr import files
 from cxr.adaptive import AdaptiveLR, AskToContinue, current_learning_rate
 from cxr.callbacks import EpochLog
-from cxr.checkpoint import RunCheckpoint, lock_run, read_state, remove_temporaries, set_seed_states
+from cxr.checkpoint import RunCheckpoint, lock_run, read_state, set_seed_states
 from cxr.config import Config
 from cxr.data.batches import ImageBatches, label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
@@ -94,7 +94,7 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
             finalize = True  # training ended but its final evaluation did not: finish that
         if learning_rate is not None and not learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {learning_rate!r}")
-        remove_temporaries(run_dir, echo)
+        files.remove_temporaries(run_dir, echo)
         split = read_split(run_dir / "split")
         echo(f"resuming {run_dir} after epoch {done} of {config.epochs}"
              + (": training is complete, evaluating it" if finalize else ""))
