@@ -1,8 +1,9 @@
 """CPU inference at 224 px with the real DenseNet169 classifier: `model.predict` (what the reference
-used) against a direct call of the model, a compiled (`tf.function`) call and `predict_on_batch`
-(Keras' compiled predict step without the data pipeline; what `cxr predict` uses).
+used) against a direct call of the model, a compiled (`tf.function`) call, `predict_on_batch`
+(Keras' compiled predict step without the data pipeline; `cxr predict --engine keras`) and ONNX Runtime
+on the file `cxr export` writes (`cxr predict --engine onnx`).
 
-Single-image latency (p50, p95 over --calls calls, after warm-up) and batch-32 throughput; all three
+Single-image latency (p50, p95 over --calls calls, after warm-up) and batch-32 throughput; all of them
 in the same process on the same random uint8 images, with outputs checked to agree within 1e-4.
 
     .venv/bin/python benchmarks/inference.py [--calls 50] [--repeats 5]
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,9 +25,12 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import onnxruntime  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from common import machine_info, save_result  # noqa: E402
 
+from cxr.engines import onnx_predictor  # noqa: E402
+from cxr.export import export_onnx  # noqa: E402
 from cxr.model import build_model  # noqa: E402
 
 SIZE = 224
@@ -65,15 +70,21 @@ def main() -> None:
     image = rng.integers(0, 256, (1, SIZE, SIZE, 1), dtype=np.uint8)
     batch = rng.integers(0, 256, (32, SIZE, SIZE, 1), dtype=np.uint8)
     compiled = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    folder = Path(tempfile.mkdtemp(prefix="cxr-inference-"))
+    model.save(folder / "model.keras")
+    export_onnx(folder / "model.keras")
+    onnx_model = onnx_predictor(folder / "model.onnx", batch_size=32)
     engines = {
         "model.predict (reference)": lambda x: model.predict(x, verbose=0),
         "model(x) direct call": lambda x: keras.ops.convert_to_numpy(model(x, training=False)),
         "tf.function compiled call": lambda x: compiled(tf.constant(x)).numpy(),
         "model.predict_on_batch": lambda x: model.predict_on_batch(x),
+        "ONNX Runtime (cxr export)": onnx_model.predict,
     }
     expected = engines["model.predict (reference)"](batch)
     result = {"benchmark": "inference", "image_size": SIZE, "calls": args.calls, "repeats": args.repeats,
-              "machine": machine_info(tensorflow=tf.__version__, keras=keras.__version__),
+              "machine": machine_info(tensorflow=tf.__version__, keras=keras.__version__,
+                                      onnxruntime=onnxruntime.__version__),
               "engines": {}}
     for name, call in engines.items():
         difference = float(np.abs(call(batch) - expected).max())

@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
     predict.add_argument("--csv", help="also write the table to this CSV file (must not exist)")
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--engine", choices=["auto", "keras", "onnx"], default="auto",
+                         help="onnx: ONNX Runtime on the exported model.onnx (no TensorFlow needed); "
+                              "auto (default): onnx when the run has a current export, else keras")
+
+    export = commands.add_parser("export", help="export a trained model for inference without TensorFlow")
+    export.add_argument("model", help="a model.keras file, or a run folder")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("--out", help="file to write (default: model.onnx beside the model; must not exist)")
     return parser
 
 
@@ -157,14 +165,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from cxr import files
+    from cxr.engines import load_predictor
     from cxr.predict import format_table, predict_files
 
-    model = Path(args.model)
-    if model.is_dir():
-        model = model / "model.keras"
     if args.csv and Path(args.csv).exists():
         raise FileExistsError(f"{args.csv} already exists; choose a new file name")
-    frame = predict_files(model, args.paths, batch_size=args.batch_size)
+    predictor = load_predictor(args.model, args.engine, args.batch_size, echo=lambda text: print(text, file=sys.stderr))
+    print(f"model: {predictor.path} ({predictor.engine})", file=sys.stderr)
+    frame = predict_files(predictor, args.paths)
     if frame.empty:
         print("no image files found in the given paths", file=sys.stderr)
         return 1
@@ -175,8 +183,18 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0 if (frame["error"] == "").any() else 1
 
 
+def run_export(args: argparse.Namespace) -> int:
+    # tf2onnx converts TensorFlow graphs; a .keras file from any backend loads on TensorFlow.
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+    from cxr.export import export_onnx
+
+    export_onnx(args.model, args.out)
+    return 0
+
+
 COMMANDS = {"demo": run_demo, "split": run_split, "train": run_train, "evaluate": run_evaluate,
-            "predict": run_predict}
+            "predict": run_predict, "export": run_export}
 
 
 def main(argv: list[str] | None = None) -> int:

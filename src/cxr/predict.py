@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
-import yaml
 
 from cxr.data.images import IMAGE_SUFFIXES, load_image
+from cxr.engines import Predictor, load_predictor
 from cxr.errors import ImageError
-from cxr.model import load_model, predict_array
 
 
 def find_images(paths: list[str | os.PathLike]) -> list[Path]:
@@ -31,30 +29,20 @@ def find_images(paths: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def model_classes(model_path: str | os.PathLike, n_outputs: int) -> list[str]:
-    """Class names from the run's config.yaml beside the model; generic names if there is none."""
-    config_path = Path(model_path).parent / "config.yaml"
-    if config_path.is_file():
-        classes = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("classes")
-        if classes and len(classes) == n_outputs:
-            return list(classes)
-    return [f"class_{i}" for i in range(n_outputs)]
-
-
 def predict_files(
-    model: keras.Model | str | os.PathLike,
+    model: Predictor | str | os.PathLike,
     paths: list[str | os.PathLike],
-    classes: list[str] | None = None,
     batch_size: int = 32,
+    engine: str = "auto",
 ) -> pd.DataFrame:
     """One row per file: predicted class, its probability, every class probability, and an
-    `error` column that says why a file could not be read (its probabilities are empty)."""
-    if not isinstance(model, keras.Model):
-        model_path = model
-        model = load_model(model_path)
-        classes = classes or model_classes(model_path, model.output_shape[-1])
-    classes = classes or [f"class_{i}" for i in range(model.output_shape[-1])]
-    size = int(model.input_shape[1])
+    `error` column that says why a file could not be read (its probabilities are empty).
+
+    `model` is a loaded Predictor, or a run folder, .keras or .onnx file loaded with `engine`.
+    """
+    if not isinstance(model, Predictor):
+        model = load_predictor(model, engine, batch_size)
+    classes, size = model.classes, model.image_size
 
     images, rows = [], []
     for path in find_images(paths):
@@ -68,7 +56,7 @@ def predict_files(
     probabilities = np.full((len(frame), len(classes)), np.nan)
     if images:
         batch = np.stack(images)[..., None]
-        probabilities[readable] = predict_array(model, batch, batch_size)
+        probabilities[readable] = model.predict(batch)
     filled = np.nan_to_num(probabilities, nan=-1.0)
     frame.insert(1, "predicted", np.where(readable, np.array(classes)[filled.argmax(axis=1)], ""))
     frame.insert(2, "probability", np.where(readable, filled.max(axis=1), np.nan))

@@ -1,0 +1,115 @@
+"""A trained classifier ready to run, on Keras or on ONNX Runtime, behind one small record.
+
+Nothing here imports Keras or TensorFlow until the Keras engine is chosen, so `--engine onnx`
+runs where only ONNX Runtime is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from cxr.errors import UserError
+
+ENGINES = ("auto", "keras", "onnx")
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """Class probabilities for a uint8 (N, size, size, 1) batch, and what they mean."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    classes: list[str]
+    image_size: int
+    engine: str
+    path: Path
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def model_classes(model_path: str | os.PathLike, n_outputs: int) -> list[str]:
+    """Class names from the run's config.yaml beside the model; generic names if there is none."""
+    config_path = Path(model_path).parent / "config.yaml"
+    if config_path.is_file():
+        classes = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("classes")
+        if classes and len(classes) == n_outputs:
+            return list(classes)
+    return [f"class_{i}" for i in range(n_outputs)]
+
+
+def keras_predictor(path: str | os.PathLike, batch_size: int = 32) -> Predictor:
+    from cxr.model import load_model, predict_array
+
+    model = load_model(path)
+    return Predictor(predict=lambda images: predict_array(model, images, batch_size),
+                     classes=model_classes(path, int(model.output_shape[-1])),
+                     image_size=int(model.input_shape[1]), engine="keras", path=Path(path))
+
+
+def _onnx_session(path: str | os.PathLike):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("the ONNX engine needs ONNX Runtime: pip install onnxruntime") from None
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path} (make one with: cxr export RUN)")
+    try:
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+        raise UserError(f"{path}: not a usable ONNX model ({error})") from None
+
+
+def onnx_predictor(path: str | os.PathLike, batch_size: int = 32) -> Predictor:
+    session = _onnx_session(path)
+    metadata = dict(session.get_modelmeta().custom_metadata_map)  # what `cxr export` wrote
+    model_input = session.get_inputs()[0]
+    n_outputs = int(session.get_outputs()[0].shape[-1])
+    classes = json.loads(metadata["classes"]) if "classes" in metadata else model_classes(path, n_outputs)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        parts = [session.run(None, {model_input.name: np.ascontiguousarray(images[start:start + batch_size])})[0]
+                 for start in range(0, len(images), batch_size)]
+        return np.concatenate(parts) if parts else np.empty((0, n_outputs), dtype="float32")
+
+    return Predictor(predict=predict, classes=classes, image_size=int(model_input.shape[1]), engine="onnx",
+                     path=Path(path), metadata=metadata)
+
+
+def load_predictor(
+    model: str | os.PathLike, engine: str = "auto", batch_size: int = 32, echo: Callable[[str], None] = print
+) -> Predictor:
+    """Load a run folder, a .keras file or a .onnx file.
+
+    `auto` uses ONNX Runtime when an exported model.onnx of the same .keras file is there and ONNX Runtime
+    is installed (faster on a CPU), Keras otherwise; `keras` and `onnx` insist.
+    """
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    path = Path(model)
+    if path.is_dir():
+        path = path / "model.keras"
+    keras_path, onnx_path = path.with_suffix(".keras"), path.with_suffix(".onnx")
+    if path.suffix == ".onnx" and engine == "keras":
+        raise UserError(f"{path} is an ONNX model; use --engine onnx or give the .keras file")
+    if engine == "onnx" or path.suffix == ".onnx":
+        return onnx_predictor(onnx_path, batch_size)
+    if engine == "auto" and onnx_path.is_file():
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return keras_predictor(keras_path, batch_size)
+        from cxr.export import file_sha256
+
+        exported = onnx_predictor(onnx_path, batch_size)
+        # Only an export of this very .keras file: a run trained further after its export has a newer one.
+        if not keras_path.is_file() or exported.metadata.get("source_sha256") == file_sha256(keras_path):
+            return exported
+        echo(f"note: {onnx_path} was exported from an earlier {keras_path.name}; using Keras "
+             f"(export again to use ONNX Runtime)")
+    return keras_predictor(keras_path, batch_size)

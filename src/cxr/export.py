@@ -1,0 +1,120 @@
+"""Export a trained classifier to ONNX, so inference needs ONNX Runtime only (no TensorFlow, no Keras).
+
+tf2onnx converts TensorFlow functions, so the export runs on the TensorFlow backend whatever backend
+trained the model (a .keras file is backend-independent). The exported graph is the model in inference
+mode (`training=False`: no flip, batch-norm moving statistics) with the same uint8 input, and it is
+checked against Keras on probe images before it is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr import __version__, files
+from cxr.errors import UserError
+
+OPSET = 17
+TOLERANCE = 1e-4
+INPUT_NAME = "image"
+
+
+class ExportError(UserError, RuntimeError):
+    """The export cannot run here, or its result does not match the Keras model."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _converter() -> tuple[Any, Any, Any]:
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ExportError(f"ONNX export converts a TensorFlow graph, but Keras runs on {keras.backend.backend()}; "
+                          "run it with KERAS_BACKEND=tensorflow (the .keras file works on any backend)")
+    try:
+        import onnx
+        import tensorflow as tf
+        import tf2onnx  # noqa: F401 (imported for its availability; Keras' shim below uses it)
+    except ImportError as error:
+        raise ExportError(f"ONNX export needs TensorFlow and tf2onnx ({error}); "
+                          "install them with: pip install 'cxr[tensorflow-cpu,onnx]'") from None
+    return tf, onnx, tf2onnx
+
+
+def probe_images(size: int, count: int = 8, seed: int = 0) -> np.ndarray:
+    """Fixed uint8 images that exercise the whole input range: noise and smooth gradients."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, (count // 2, size, size, 1), dtype=np.uint8)
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    gradients = [np.clip(np.add.outer(ramp * a, ramp * (1 - a)), 0, 255) for a in np.linspace(0, 1, count - count // 2)]
+    return np.concatenate([noise, np.stack(gradients).astype(np.uint8)[..., None]])
+
+
+def export_onnx(
+    model_path: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    classes: list[str] | None = None,
+    echo=print,
+) -> dict[str, Any]:
+    """Write `model.onnx` (or `out`) for a .keras model or run folder; never overwrites.
+
+    The file carries the class names, the image size and the SHA-256 of the .keras file it came from
+    (so a model trained further after the export is not served from a stale ONNX file). Raises
+    ExportError when ONNX Runtime's outputs differ from Keras' by more than 1e-4 on the probe images.
+    """
+    from cxr.engines import model_classes
+    from cxr.model import load_model, predict_array
+
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        model_path = model_path / "model.keras"
+    out = Path(out) if out is not None else model_path.with_suffix(".onnx")
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose another file with --out")
+    tf, onnx, tf2onnx = _converter()
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx  # Keras' own numpy-2 shim for tf2onnx
+
+    model = load_model(model_path)
+    for layer in model.layers:
+        # An activity regulariser adds a loss tensor in call() that tf2onnx cannot freeze; it never
+        # changes the outputs.
+        layer.activity_regularizer = None
+    size = int(model.input_shape[1])
+    classes = classes or model_classes(model_path, int(model.output_shape[-1]))
+    spec = (tf.TensorSpec((None, size, size, 1), tf.uint8, name=INPUT_NAME),)
+    forward = tf.function(lambda image: model(image, training=False), input_signature=spec, autograph=False)
+    echo(f"exporting {model_path} to ONNX (opset {OPSET})...")
+    with warnings.catch_warnings():  # the shim's own `hasattr(np, "object")` warns on numpy 2
+        warnings.simplefilter("ignore", FutureWarning)
+        patch_tf2onnx()
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=OPSET)
+    onnx.helper.set_model_props(proto, {
+        "classes": json.dumps(classes), "image_size": str(size), "source_model": model_path.name,
+        "source_sha256": file_sha256(model_path), "cxr_version": __version__})
+
+    import onnxruntime
+
+    probe = probe_images(size)
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    difference = float(np.abs(session.run(None, {INPUT_NAME: probe})[0] - predict_array(model, probe)).max())
+    if not difference <= TOLERANCE:
+        raise ExportError(f"the ONNX model's probabilities differ from Keras' by {difference:.2e} "
+                          f"(more than {TOLERANCE:g}); nothing was written")
+    with files.atomic_path(out) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+    echo(f"written {out} ({out.stat().st_size / 1e6:.1f} MB); largest difference from Keras on "
+         f"{len(probe)} probe images: {difference:.1e}")
+    return {"path": str(out), "opset": OPSET, "image_size": size, "classes": classes,
+            "max_abs_difference": difference}
