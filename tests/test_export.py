@@ -112,7 +112,7 @@ def test_onnx_prediction_runs_without_tensorflow_or_keras(exported, phantoms, tm
     done = subprocess.run([sys.executable, "-c", BLOCK_BACKENDS, "predict", str(exported), str(images), "--engine",
                            "onnx", "--csv", str(tmp_path / "p.csv")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "Normal-1.png" in done.stdout and "(onnx)" in done.stderr
+    assert "Normal-1.png" in done.stdout and "(onnx, fp32)" in done.stderr
     expected = predict_files(exported, [images], engine="keras")
     got = pd.read_csv(tmp_path / "p.csv")
     assert len(got) == 12 and (got["predicted"] == expected["predicted"]).all()

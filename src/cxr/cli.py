@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, help="Adamax learning rate (default 0.001)")
     train.add_argument("--weights", help="imagenet (default), none, or a DenseNet169 no-top .h5 file")
     train.add_argument("--backbone", choices=["densenet169", "tiny"], help="default densenet169")
+    train.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                       help="fp32 (default), or mixed precision: bf16/fp16 compute, float32 weights (GPUs; "
+                            "CPUs with AVX512-BF16 for bf16)")
     train.add_argument("--bn-momentum", type=float,
                        help="backbone batch-norm momentum (default: Keras' 0.99; 0.9 for short runs from scratch)")
     control = train.add_argument_group("learning-rate controller and training control (the reference's callback)")
@@ -94,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--engine", choices=["auto", "keras", "onnx"], default="auto",
                          help="onnx: ONNX Runtime on the exported model.onnx (no TensorFlow needed); "
                               "auto (default): onnx when the run has a current export, else keras")
+    predict.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                         help="compute precision for the keras engine (default: the model's own)")
 
     export = commands.add_parser("export", help="export a trained model for inference without TensorFlow")
     export.add_argument("model", help="a model.keras file, or a run folder")
@@ -140,7 +145,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     names = DATA_SETTINGS + ["split", "name", "runs_dir", "epochs", "batch_size", "image_size",
                              "learning_rate", "weights", "backbone", "bn_momentum", "threshold", "patience",
-                             "factor", "stop_patience", "dwell", "ask_epoch", "deterministic"]
+                             "factor", "stop_patience", "dwell", "ask_epoch", "deterministic", "precision"]
     if args.resume:
         from cxr.train import resume
 
@@ -170,8 +175,9 @@ def run_predict(args: argparse.Namespace) -> int:
 
     if args.csv and Path(args.csv).exists():
         raise FileExistsError(f"{args.csv} already exists; choose a new file name")
-    predictor = load_predictor(args.model, args.engine, args.batch_size, echo=lambda text: print(text, file=sys.stderr))
-    print(f"model: {predictor.path} ({predictor.engine})", file=sys.stderr)
+    predictor = load_predictor(args.model, args.engine, args.batch_size, precision=args.precision,
+                               echo=lambda text: print(text, file=sys.stderr))
+    print(f"model: {predictor.path} ({predictor.engine}, {predictor.precision})", file=sys.stderr)
     frame = predict_files(predictor, args.paths)
     if frame.empty:
         print("no image files found in the given paths", file=sys.stderr)

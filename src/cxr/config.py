@@ -17,6 +17,7 @@ import yaml
 from cxr.errors import ConfigError
 
 BACKBONES = ("densenet169", "tiny")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Config:
     dwell: bool = True
     ask_epoch: int | None = 5  # ask whether to go on after this epoch (terminal only); 0/null: never
     deterministic: bool = False  # deterministic kernels: same seed, same history (can be slower on GPU)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (Keras mixed precision: float32 weights, bf16/fp16 compute)
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first setting that cannot be used."""
@@ -94,6 +96,7 @@ class Config:
         need(self.ask_epoch is None or integer(self.ask_epoch, 0),
              f"ask_epoch must be empty or an integer of 0 or more, got {self.ask_epoch!r}")
         need(isinstance(self.deterministic, bool), f"deterministic must be true or false, got {self.deterministic!r}")
+        need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class Predictor:
     image_size: int
     engine: str
     path: Path
+    precision: str = "fp32"
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -42,13 +43,18 @@ def model_classes(model_path: str | os.PathLike, n_outputs: int) -> list[str]:
     return [f"class_{i}" for i in range(n_outputs)]
 
 
-def keras_predictor(path: str | os.PathLike, batch_size: int = 32) -> Predictor:
+def keras_predictor(path: str | os.PathLike, batch_size: int = 32, precision: str | None = None) -> Predictor:
+    """The saved model on Keras, in its own precision or in `precision` (fp32, bf16, fp16)."""
     from cxr.model import load_model, predict_array
+    from cxr.precision import model_precision, with_precision
 
     model = load_model(path)
+    if precision is not None:
+        model = with_precision(model, precision)
     return Predictor(predict=lambda images: predict_array(model, images, batch_size),
                      classes=model_classes(path, int(model.output_shape[-1])),
-                     image_size=int(model.input_shape[1]), engine="keras", path=Path(path))
+                     image_size=int(model.input_shape[1]), engine="keras", path=Path(path),
+                     precision=model_precision(model))
 
 
 def _onnx_session(path: str | os.PathLike):
@@ -82,15 +88,24 @@ def onnx_predictor(path: str | os.PathLike, batch_size: int = 32) -> Predictor:
 
 
 def load_predictor(
-    model: str | os.PathLike, engine: str = "auto", batch_size: int = 32, echo: Callable[[str], None] = print
+    model: str | os.PathLike,
+    engine: str = "auto",
+    batch_size: int = 32,
+    precision: str | None = None,
+    echo: Callable[[str], None] = print,
 ) -> Predictor:
     """Load a run folder, a .keras file or a .onnx file.
 
     `auto` uses ONNX Runtime when an exported model.onnx of the same .keras file is there and ONNX Runtime
-    is installed (faster on a CPU), Keras otherwise; `keras` and `onnx` insist.
+    is installed (faster on a CPU), Keras otherwise; `keras` and `onnx` insist. A `precision` other than
+    fp32 needs Keras (ONNX files are float32).
     """
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if precision not in (None, "fp32"):
+        if engine == "onnx" or Path(model).suffix == ".onnx":
+            raise UserError(f"ONNX models compute in fp32; {precision} needs the keras engine and a .keras file")
+        engine = "keras"
     path = Path(model)
     if path.is_dir():
         path = path / "model.keras"
@@ -103,7 +118,7 @@ def load_predictor(
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            return keras_predictor(keras_path, batch_size)
+            return keras_predictor(keras_path, batch_size, precision)
         from cxr.export import file_sha256
 
         exported = onnx_predictor(onnx_path, batch_size)
@@ -112,4 +127,4 @@ def load_predictor(
             return exported
         echo(f"note: {onnx_path} was exported from an earlier {keras_path.name}; using Keras "
              f"(export again to use ONNX Runtime)")
-    return keras_predictor(keras_path, batch_size)
+    return keras_predictor(keras_path, batch_size, precision)

@@ -76,6 +76,7 @@ def export_onnx(
     """
     from cxr.engines import model_classes
     from cxr.model import load_model, predict_array
+    from cxr.precision import with_precision
 
     model_path = Path(model_path)
     if model_path.is_dir():
@@ -86,7 +87,7 @@ def export_onnx(
     tf, onnx, tf2onnx = _converter()
     from keras.src.export.tf2onnx_lib import patch_tf2onnx  # Keras' own numpy-2 shim for tf2onnx
 
-    model = load_model(model_path)
+    model = with_precision(load_model(model_path), "fp32")  # ONNX export traces float32 models only
     for layer in model.layers:
         # An activity regulariser adds a loss tensor in call() that tf2onnx cannot freeze; it never
         # changes the outputs.

@@ -20,6 +20,7 @@ from keras import layers
 
 from cxr.config import BACKBONES
 from cxr.errors import WeightsError
+from cxr.precision import precision_scope
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -55,18 +56,23 @@ def _tiny_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
 
 
 def head(features: keras.KerasTensor, n_classes: int) -> keras.KerasTensor:
-    """The reference system's dense head on the pooled backbone features."""
-    x = layers.BatchNormalization(momentum=0.99, epsilon=0.001, name="head_bn")(features)
+    """The reference system's dense head on the pooled backbone features.
+
+    It computes in float32 even under mixed precision: it is cheap, a bf16/fp16 softmax loses small
+    probabilities, and its activity regulariser's loss must be float32 to be added to the others.
+    """
+    x = layers.BatchNormalization(momentum=0.99, epsilon=0.001, dtype="float32", name="head_bn")(features)
     x = layers.Dense(
         256,
         activation="relu",
         kernel_regularizer=keras.regularizers.l2(0.016),
         activity_regularizer=keras.regularizers.l1(0.006),
         bias_regularizer=keras.regularizers.l1(0.006),
+        dtype="float32",
         name="head_dense",
     )(x)
-    x = layers.Dropout(0.45, name="head_dropout")(x)
-    return layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    x = layers.Dropout(0.45, dtype="float32", name="head_dropout")(x)
+    return layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
 
 
 def imagenet_weights_path() -> Path:
@@ -134,24 +140,27 @@ def build_model(
     weights: str | None = "imagenet",
     backbone: str = "densenet169",
     bn_momentum: float | None = None,
+    precision: str = "fp32",
 ) -> keras.Model:
     """Build the classifier; `weights` is "imagenet", "none"/None, or a path to a .h5 file.
 
     `bn_momentum` replaces the momentum of the backbone's batch-norm layers (the head keeps 0.99).
+    `precision` (fp32, bf16, fp16) is saved with the model (see cxr.precision).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
     if n_classes < 2:
         raise ValueError(f"need at least 2 classes, got {n_classes}")
-    inputs = keras.Input((image_size, image_size, 1), dtype="uint8", name="image")
-    x = preprocess(inputs)
-    if backbone == "densenet169":
-        features = keras.applications.DenseNet169(
-            include_top=False, weights=None, input_tensor=x, pooling="max"
-        ).output
-    else:
-        features = _tiny_backbone(x)
-    model = keras.Model(inputs, head(features, n_classes), name=f"cxr_{backbone}")
+    with precision_scope(precision):
+        inputs = keras.Input((image_size, image_size, 1), dtype="uint8", name="image")
+        x = preprocess(inputs)
+        if backbone == "densenet169":
+            features = keras.applications.DenseNet169(
+                include_top=False, weights=None, input_tensor=x, pooling="max"
+            ).output
+        else:
+            features = _tiny_backbone(x)
+        model = keras.Model(inputs, head(features, n_classes), name=f"cxr_{backbone}")
     if bn_momentum is not None:
         for layer in model.layers:
             if isinstance(layer, layers.BatchNormalization) and layer.name != "head_bn":

@@ -28,6 +28,7 @@ from cxr.data.split import SPLITS, Split, read_split, write_split
 from cxr.errors import ConfigError, DatasetError, UserError
 from cxr.evaluate import evaluate_run, read_run_config
 from cxr.model import build_model, compile_model, load_model, resolve_weights
+from cxr.precision import hardware_note, model_precision
 from cxr.stopping import StopGuard, StopSignals, TrainingStopped, terminal_reader
 
 Reader = Callable[[str], "str | None"]
@@ -130,7 +131,11 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
             echo(f"learning rate {current_learning_rate(model):.2e} -> {learning_rate:.2e}")
             model.optimizer.learning_rate = learning_rate
     else:
-        model = build_model(len(classes), config.image_size, config.weights, config.backbone, config.bn_momentum)
+        note = hardware_note(config.precision)
+        if note:
+            echo(f"note: {note}")
+        model = build_model(len(classes), config.image_size, config.weights, config.backbone, config.bn_momentum,
+                            config.precision)
         compile_model(model, config.learning_rate)
     train_batches = ImageBatches(arrays["train"], labels["train"], len(classes), config.batch_size,
                                  shuffle=True, seed=config.seed)
@@ -154,8 +159,8 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
 
     if not finalize:
         echo(f"training {model.name} ({model.count_params():,} parameters) to epoch {config.epochs} "
-             f"at {config.image_size}px, batch {config.batch_size}, backend {keras.backend.backend()}"
-             + (", deterministic" if config.deterministic else ""))
+             f"at {config.image_size}px, batch {config.batch_size}, backend {keras.backend.backend()}, "
+             f"{model_precision(model)}" + (", deterministic" if config.deterministic else ""))
     # On a terminal, Keras' progress bar; its logger goes before EpochLog so that the epoch line is
     # printed after the bar's last update rather than inside it. Elsewhere, the epoch lines only.
     bar = progress and sys.stdout.isatty()
