@@ -70,10 +70,11 @@ def main() -> None:
     image = rng.integers(0, 256, (1, SIZE, SIZE, 1), dtype=np.uint8)
     batch = rng.integers(0, 256, (32, SIZE, SIZE, 1), dtype=np.uint8)
     compiled = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    folder = Path(tempfile.mkdtemp(prefix="cxr-inference-"))
-    model.save(folder / "model.keras")
-    export_onnx(folder / "model.keras")
-    onnx_model = onnx_predictor(folder / "model.onnx", batch_size=32)
+    with tempfile.TemporaryDirectory(prefix="cxr-inference-") as name:  # the session keeps the model in memory
+        folder = Path(name)
+        model.save(folder / "model.keras")
+        export_onnx(folder / "model.keras")
+        onnx_model = onnx_predictor(folder / "model.onnx", batch_size=32)
     engines = {
         "model.predict (reference)": lambda x: model.predict(x, verbose=0),
         "model(x) direct call": lambda x: keras.ops.convert_to_numpy(model(x, training=False)),

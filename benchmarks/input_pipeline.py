@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import tempfile
 import time
@@ -74,11 +73,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
-    try:
-        run(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-") as work:
+        run(args, Path(work))
 
 
 def run(args: argparse.Namespace, work: Path) -> None:

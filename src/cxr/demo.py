@@ -45,6 +45,7 @@ def demo(
     image_size: int = DEMO_DEFAULTS["image_size"],
     backbone: str = "densenet169",
     seed: int = 0,
+    precision: str = "fp32",
     progress: bool = True,
     echo=print,
 ) -> Path:
@@ -54,7 +55,7 @@ def demo(
     config = resolve(
         data=str(data), name="demo", runs_dir=runs_dir, image_size=image_size, epochs=epochs,
         batch_size=DEMO_DEFAULTS["batch_size"], bn_momentum=DEMO_DEFAULTS["bn_momentum"], weights="none",
-        backbone=backbone, seed=seed, ask_epoch=0,  # the demo runs unattended to the end
+        backbone=backbone, seed=seed, precision=precision, ask_epoch=0,  # the demo runs unattended to the end
     )
     run_dir = train(config, progress=progress, echo=echo)
     eval_dir = run_dir / "eval"

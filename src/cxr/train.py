@@ -18,6 +18,7 @@ import keras
 
 from cxr import files
 from cxr.adaptive import AdaptiveLR, AskToContinue, current_learning_rate
+from cxr.backend import enable_compilation_cache, enable_determinism
 from cxr.callbacks import EpochLog
 from cxr.checkpoint import RunCheckpoint, lock_run, read_state, set_seed_states
 from cxr.config import Config
@@ -119,6 +120,8 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
 
     if config.deterministic:
         enable_determinism()
+    if cache_dir is not None:
+        enable_compilation_cache(cache_dir / "xla")
     keras.utils.set_random_seed(config.seed)
     folder = run_dir / "checkpoints"
     best_weights = None
@@ -227,17 +230,3 @@ def _resume_hint(run_dir: Path, checkpoint: RunCheckpoint) -> str:
 
 def _saved(done: int) -> str:
     return "no epoch was completed" if done == 0 else "epoch 1 is saved" if done == 1 else f"epochs 1-{done} are saved"
-
-
-def enable_determinism() -> None:
-    """Ask the backend for deterministic kernels (the seed is set separately)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-    elif backend == "jax":
-        # Takes effect on GPU when set before JAX starts its backend; JAX on CPU is deterministic.
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_gpu_deterministic_ops" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} --xla_gpu_deterministic_ops=true".strip()
