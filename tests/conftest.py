@@ -46,5 +46,6 @@ def tiny_run(tmp_path_factory, phantoms) -> Path:
     from cxr.train import train
 
     config = resolve(data=str(phantoms), runs_dir=str(tmp_path_factory.mktemp("runs")), name="tiny",
-                     backbone="tiny", weights="none", image_size=32, epochs=2, batch_size=8, seed=1)
+                     backbone="tiny", weights="none", image_size=32, epochs=2, batch_size=8, seed=1,
+                     bootstrap=200)
     return train(config, progress=False, echo=lambda *_: None)

@@ -10,7 +10,7 @@ import onnxruntime
 import pandas as pd
 import pytest
 
-from cxr import export
+from cxr import export, files
 from cxr.cli import main
 from cxr.engines import load_predictor
 from cxr.errors import UserError
@@ -38,7 +38,7 @@ def test_export_writes_a_self_describing_onnx_file_that_matches_keras(run_copy, 
     session = onnxruntime.InferenceSession(str(exported / "model.onnx"), providers=["CPUExecutionProvider"])
     metadata = session.get_modelmeta().custom_metadata_map
     assert json.loads(metadata["classes"]) == CLASSES and metadata["image_size"] == "32"
-    assert metadata["source_sha256"] == export.file_sha256(exported / "model.keras")
+    assert metadata["source_sha256"] == files.sha256(exported / "model.keras")
     assert [(i.name, i.type, i.shape[1:]) for i in session.get_inputs()] == [("image", "tensor(uint8)", [32, 32, 1])]
 
     test_files = [phantoms / f for f in pd.read_csv(exported / "split" / "test.csv")["file"]]

@@ -18,8 +18,9 @@ def test_a_run_folder_holds_everything_it_promises(tiny_run):
     best = json.loads((tiny_run / "checkpoints" / "state.json").read_text())["best_model"]
     assert names == sorted([
         ".lock", f"checkpoints/{best}", "checkpoints/epoch-0002.keras", "checkpoints/state.json", "config.yaml",
-        "eval/classification_report.csv", "eval/classification_report.txt", "eval/confusion_matrix.csv",
-        "eval/confusion_matrix.png", "eval/metrics.json", "eval/predictions_test.csv",
+        "calibration.json", "eval/classification_report.csv", "eval/classification_report.txt",
+        "eval/confusion_matrix.csv", "eval/confusion_matrix.png", "eval/metrics.json", "eval/metrics_per_class.csv",
+        "eval/reliability.csv", "eval/reliability.png", "eval/predictions_test.csv",
         "eval/predictions_train.csv", "eval/predictions_val.csv", "history.csv", "model.keras",
         "split/dataset.yaml", "split/duplicates.csv", "split/skipped.csv", "split/test.csv",
         "split/train.csv", "split/val.csv",
@@ -77,7 +78,7 @@ def test_re_evaluation_writes_a_new_folder_and_agrees(tiny_run, capsys):
 
 def test_a_split_can_be_reused(tiny_run, tmp_path):
     config = resolve(split=str(tiny_run / "split"), runs_dir=str(tmp_path), backbone="tiny", weights="none",
-                     image_size=32, epochs=1, batch_size=8)
+                     image_size=32, epochs=1, batch_size=8, bootstrap=100)
     run = train(config, progress=False, echo=lambda *_: None)
     for name in SPLITS:
         assert (run / "split" / f"{name}.csv").read_text() == (tiny_run / "split" / f"{name}.csv").read_text()

@@ -37,6 +37,13 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="decoded-image cache: auto (<runs-dir>/cache, default), none, or a folder")
 
 
+def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bootstrap", type=int, metavar="N",
+                        help="stratified bootstrap resamples for the test metrics' 95%% intervals "
+                             "(default 1000; 0: none)")
+    parser.add_argument("--bootstrap-seed", type=int, metavar="SEED", help="default 0")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classification with DenseNet169 on Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--per-class", type=int, default=None, help="phantom images per class")
     demo.add_argument("--backbone", choices=["densenet169", "tiny"], default="densenet169")
+    demo.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
 
     split = commands.add_parser("split", help="scan a dataset and write a train/val/test split")
     add_data_options(split)
@@ -68,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "CPUs with AVX512-BF16 for bf16)")
     train.add_argument("--bn-momentum", type=float,
                        help="backbone batch-norm momentum (default: Keras' 0.99; 0.9 for short runs from scratch)")
+    add_bootstrap_options(train)
     control = train.add_argument_group("learning-rate controller and training control (the reference's callback)")
     control.add_argument("--threshold", type=float,
                          help="monitor training accuracy until it reaches this, then val_loss (default 0.9)")
@@ -88,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a finished run again")
     evaluate.add_argument("run", help="run folder (runs/<time>-<name>)")
     evaluate.add_argument("--batch-size", type=int)
+    add_bootstrap_options(evaluate)
 
     predict = commands.add_parser("predict", help="class probabilities for image files and folders")
     predict.add_argument("model", help="a model.keras file, or a run folder")
@@ -97,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--engine", choices=["auto", "keras", "onnx"], default="auto",
                          help="onnx: ONNX Runtime on the exported model.onnx (no TensorFlow needed); "
                               "auto (default): onnx when the run has a current export, else keras")
+    predict.add_argument("--calibrated", action="store_true",
+                         help="temperature-scaled probabilities (the temperature cxr evaluate fitted on val)")
     predict.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                          help="compute precision for the keras engine (default: the model's own)")
 
@@ -118,7 +130,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from cxr.demo import demo
 
     options = {k: v for k, v in _settings(args, ["epochs", "per_class"]).items() if v is not None}
-    demo(runs_dir=args.runs_dir, backbone=args.backbone, **options)
+    demo(runs_dir=args.runs_dir, backbone=args.backbone, precision=args.precision, **options)
     return 0
 
 
@@ -145,7 +157,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     names = DATA_SETTINGS + ["split", "name", "runs_dir", "epochs", "batch_size", "image_size",
                              "learning_rate", "weights", "backbone", "bn_momentum", "threshold", "patience",
-                             "factor", "stop_patience", "dwell", "ask_epoch", "deterministic", "precision"]
+                             "factor", "stop_patience", "dwell", "ask_epoch", "deterministic", "precision",
+                             "bootstrap", "bootstrap_seed"]
     if args.resume:
         from cxr.train import resume
 
@@ -164,7 +177,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from cxr.evaluate import evaluate_run
 
-    evaluate_run(args.run, batch_size=args.batch_size)
+    evaluate_run(args.run, batch_size=args.batch_size, bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed)
     return 0
 
 
@@ -176,8 +189,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.csv and Path(args.csv).exists():
         raise FileExistsError(f"{args.csv} already exists; choose a new file name")
     predictor = load_predictor(args.model, args.engine, args.batch_size, precision=args.precision,
-                               echo=lambda text: print(text, file=sys.stderr))
-    print(f"model: {predictor.path} ({predictor.engine}, {predictor.precision})", file=sys.stderr)
+                               echo=lambda text: print(text, file=sys.stderr), calibrated=args.calibrated)
+    calibrated = f", temperature {float(predictor.metadata['temperature']):.3f}" if args.calibrated else ""
+    print(f"model: {predictor.path} ({predictor.engine}, {predictor.precision}{calibrated})", file=sys.stderr)
     frame = predict_files(predictor, args.paths)
     if frame.empty:
         print("no image files found in the given paths", file=sys.stderr)

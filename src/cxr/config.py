@@ -52,6 +52,8 @@ class Config:
     ask_epoch: int | None = 5  # ask whether to go on after this epoch (terminal only); 0/null: never
     deterministic: bool = False  # deterministic kernels: same seed, same history (can be slower on GPU)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (Keras mixed precision: float32 weights, bf16/fp16 compute)
+    bootstrap: int = 1000  # stratified bootstrap resamples for the test metrics' 95 % intervals (0: none)
+    bootstrap_seed: int = 0
 
     def validate(self) -> Config:
         """Raise ConfigError naming the first setting that cannot be used."""
@@ -96,6 +98,9 @@ class Config:
         need(self.ask_epoch is None or integer(self.ask_epoch, 0),
              f"ask_epoch must be empty or an integer of 0 or more, got {self.ask_epoch!r}")
         need(isinstance(self.deterministic, bool), f"deterministic must be true or false, got {self.deterministic!r}")
+        need(integer(self.bootstrap, 0), f"bootstrap must be an integer of 0 or more, got {self.bootstrap!r}")
+        need(integer(self.bootstrap_seed, 0),
+             f"bootstrap_seed must be a non-negative integer, got {self.bootstrap_seed!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         return self
 

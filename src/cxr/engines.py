@@ -6,6 +6,7 @@ runs where only ONNX Runtime is installed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cxr import files
 from cxr.errors import UserError
 
 ENGINES = ("auto", "keras", "onnx")
@@ -93,10 +95,28 @@ def load_predictor(
     batch_size: int = 32,
     precision: str | None = None,
     echo: Callable[[str], None] = print,
+    calibrated: bool = False,
 ) -> Predictor:
-    """Load a run folder, a .keras file or a .onnx file.
+    """Load a run folder, a .keras file or a .onnx file; with `calibrated`, its probabilities are
+    temperature-scaled with the temperature `cxr evaluate` fitted for this model (calibration.json)."""
+    predictor = _load_predictor(model, engine, batch_size, precision, echo)
+    if not calibrated:
+        return predictor
+    from cxr.calibration import CALIBRATION_FILE, apply_temperature, read_temperature
 
-    `auto` uses ONNX Runtime when an exported model.onnx of the same .keras file is there and ONNX Runtime
+    temperature = read_temperature(predictor.path.with_suffix(".keras"))
+    if temperature is None:
+        raise UserError(f"no temperature for {predictor.path.with_suffix('.keras')}: {CALIBRATION_FILE} beside it "
+                        "is missing or was fitted for another version of the model; run cxr evaluate on the run")
+    return dataclasses.replace(predictor, predict=lambda images: apply_temperature(predictor.predict(images),
+                                                                                   temperature),
+                               metadata={**predictor.metadata, "temperature": str(temperature)})
+
+
+def _load_predictor(
+    model: str | os.PathLike, engine: str, batch_size: int, precision: str | None, echo: Callable[[str], None]
+) -> Predictor:
+    """`auto` uses ONNX Runtime when an exported model.onnx of the same .keras file is there and ONNX Runtime
     is installed (faster on a CPU), Keras otherwise; `keras` and `onnx` insist. A `precision` other than
     fp32 needs Keras (ONNX files are float32).
     """
@@ -119,11 +139,9 @@ def load_predictor(
             import onnxruntime  # noqa: F401
         except ImportError:
             return keras_predictor(keras_path, batch_size, precision)
-        from cxr.export import file_sha256
-
         exported = onnx_predictor(onnx_path, batch_size)
         # Only an export of this very .keras file: a run trained further after its export has a newer one.
-        if not keras_path.is_file() or exported.metadata.get("source_sha256") == file_sha256(keras_path):
+        if not keras_path.is_file() or exported.metadata.get("source_sha256") == files.sha256(keras_path):
             return exported
         echo(f"note: {onnx_path} was exported from an earlier {keras_path.name}; using Keras "
              f"(export again to use ONNX Runtime)")

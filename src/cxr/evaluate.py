@@ -13,21 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from matplotlib.figure import Figure
-from sklearn.metrics import (
-    ConfusionMatrixDisplay,
-    accuracy_score,
-    classification_report,
-    confusion_matrix,
-    log_loss,
-)
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss
 
-from cxr import files
+from cxr import calibration, files, sources
 from cxr.checkpoint import state_path
 from cxr.data.batches import label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.split import SPLITS, read_split
+from cxr.metrics import clinical_metrics, per_class_frame
 from cxr.model import load_model, predict_array
+from cxr.plots import plot_confusion_matrix, plot_reliability
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
@@ -74,22 +69,6 @@ def report_frame(report: dict, support: int) -> pd.DataFrame:
     return frame.astype({"support": int})
 
 
-def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
-    """Counts on the left, rows normalised to recall on the right."""
-    figure = Figure(figsize=(13, 5.5))  # no pyplot: no global state, no GUI backend
-    axes = figure.subplots(1, 2)
-    ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
-        ax=axes[0], cmap="Blues", colorbar=False, xticks_rotation=30, values_format="d")
-    axes[0].set_title("Test set: counts")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normalised = np.nan_to_num(matrix / matrix.sum(axis=1, keepdims=True))
-    ConfusionMatrixDisplay(normalised, display_labels=classes).plot(
-        ax=axes[1], cmap="Blues", colorbar=False, xticks_rotation=30, values_format=".2f")
-    axes[1].set_title("Test set: fraction of each true class")
-    figure.tight_layout()
-    return files.write_with(path, lambda tmp: figure.savefig(tmp, dpi=110))
-
-
 def evaluate_run(
     run_dir: str | os.PathLike,
     images: dict[str, np.ndarray] | None = None,
@@ -98,11 +77,15 @@ def evaluate_run(
     echo=print,
     out_name: str = "eval",
     splits: tuple[str, ...] = SPLITS,
+    bootstrap: int | None = None,
+    bootstrap_seed: int | None = None,
 ) -> dict:
     """Evaluate `<run>/model.keras` on the run's splits (train, val, test); return metrics.
 
     `images` may hold already decoded split arrays (training passes them) to avoid decoding twice.
     An interrupted run is evaluated into `eval-interrupted/` on val and test only, to stop soon.
+    Clinical metrics with bootstrap intervals (`bootstrap` resamples, default the run's setting) and
+    calibration are computed on the test split; the temperature is fitted on val.
     """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -116,6 +99,7 @@ def evaluate_run(
 
     metrics = {"run": run_dir.name, "model": model_path.name, "classes": classes,
                "training": training_summary(run_dir), "splits": {}}
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in splits:
         frame = split.frames[name]
         if len(frame) == 0:
@@ -131,10 +115,11 @@ def evaluate_run(
             "accuracy": float(accuracy_score(truth, probabilities.argmax(axis=1))),
         }
         files.write_csv(out / f"predictions_{name}.csv", predictions_frame(frame, probabilities, classes))
-        if name == "test":
-            test_truth, test_predicted = truth, probabilities.argmax(axis=1)
+        outputs[name] = truth, probabilities
 
-    if "test" in metrics["splits"]:
+    if "test" in outputs:
+        test_truth, test_probabilities = outputs["test"]
+        test_predicted = test_probabilities.argmax(axis=1)
         labels = list(range(len(classes)))
         matrix = confusion_matrix(test_truth, test_predicted, labels=labels)
         files.write_csv(out / "confusion_matrix.csv",
@@ -146,11 +131,81 @@ def evaluate_run(
                          classification_report(test_truth, test_predicted, digits=4, **report_args))
         report = classification_report(test_truth, test_predicted, output_dict=True, **report_args)
         files.write_csv(out / "classification_report.csv", report_frame(report, len(test_truth)))
+        resamples = int(config.get("bootstrap", 1000) if bootstrap is None else bootstrap)
+        seed = int(config.get("bootstrap_seed", 0) if bootstrap_seed is None else bootstrap_seed)
+        echo(f"test metrics with {resamples} stratified bootstrap resamples...")
+        metrics["clinical"] = {"split": "test", **clinical_metrics(test_truth, test_probabilities, classes,
+                                                                   resamples, seed)}
+        files.write_csv(out / "metrics_per_class.csv", per_class_frame(metrics["clinical"]))
+        if "val" in outputs:
+            metrics["calibration"] = _calibrate(run_dir, model_path, outputs["val"], outputs["test"], out)
+        metrics["sources"] = _audit_sources(split, split.root or config["data"], classes, outputs["test"], out)
     files.write_json(out / "metrics.json", metrics)
 
     echo(f"evaluation of {model_path} -> {out}")
     for name, values in metrics["splits"].items():
         echo(f"  {name:<5}  {values['images']:>6} images  loss {values['loss']:.4f}  "
              f"accuracy {values['accuracy']:.4f}")
+    if "clinical" in metrics:
+        echo("  test, 95 % bootstrap intervals: " + "; ".join(
+            f"{label} {_with_interval(entry)}" for label, entry in (
+                ("accuracy", metrics["clinical"]["overall"]["accuracy"]),
+                ("balanced accuracy", metrics["clinical"]["overall"]["balanced_accuracy"]),
+                ("macro F1", metrics["clinical"]["macro"]["f1"]),
+                ("macro ROC AUC", metrics["clinical"]["macro"]["roc_auc"]))))
+    if "sources" in metrics:
+        audit = metrics["sources"]
+        echo("  sources: " + ("; ".join(f"{name} {v['images']} test images, accuracy {v['accuracy']:.3f}"
+                                        for name, v in audit["per_source"].items())
+                              if audit["available"] else audit["note"]))
+        for warning in audit.get("warnings", []):
+            echo(f"  warning: {warning}")
+    if "calibration" in metrics:
+        c = metrics["calibration"]
+        echo(f"  calibration: test ECE {c['test_ece_before']:.3f} -> {c['test_ece_after']:.3f} with temperature "
+             f"{c['temperature']:.3f} fitted on val (saved in {calibration.CALIBRATION_FILE})")
     metrics["eval_dir"] = str(out)
     return metrics
+
+
+def _audit_sources(split, root: str, classes: list[str], test: tuple[np.ndarray, np.ndarray], out: Path) -> dict:
+    mapping = sources.read_sources(root)
+    if not mapping:
+        return {"available": False,
+                "note": f"no <Class>.metadata.xlsx files in {root}; per-source metrics need them (the Kaggle "
+                        "download has them beside the class folders)"}
+    everything = pd.concat(list(split.frames.values()))
+    audit = sources.source_audit(*test, sources.assign_sources(split.frames["test"]["file"], mapping), classes,
+                                 everything["label"], sources.assign_sources(everything["file"], mapping))
+    files.write_csv(out / "metrics_per_source.csv", sources.per_source_frame(audit))
+    return audit
+
+
+def _with_interval(entry: dict) -> str:
+    if entry["value"] is None:
+        return "undefined"
+    return f"{entry['value']:.3f} ({entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
+
+
+def _calibrate(run_dir: Path, model_path: Path, val: tuple[np.ndarray, np.ndarray],
+               test: tuple[np.ndarray, np.ndarray], out: Path) -> dict:
+    """Fit the temperature on val, keep it beside the model, and measure test calibration before and after."""
+    temperature = calibration.fit_temperature(*val)
+    scaled = calibration.apply_temperature(test[1], temperature)
+    before = calibration.reliability_bins(test[0], test[1])
+    after = calibration.reliability_bins(test[0], scaled)
+    record = {
+        "temperature": temperature, "fitted_on": "val", "val_images": int(len(val[0])),
+        "model_sha256": files.sha256(model_path),
+        "test_ece_before": calibration.expected_calibration_error(test[0], test[1]),
+        "test_ece_after": calibration.expected_calibration_error(test[0], scaled),
+        "test_nll_before": calibration.negative_log_likelihood(test[0], test[1]),
+        "test_nll_after": calibration.negative_log_likelihood(test[0], scaled),
+        "bins": len(before),
+    }
+    calibration.save_temperature(run_dir, record)
+    files.write_csv(out / "reliability.csv", pd.concat([before.assign(probabilities="model"),
+                                                        after.assign(probabilities="calibrated")]))
+    plot_reliability(before, after, (record["test_ece_before"], record["test_ece_after"]), temperature,
+                     out / "reliability.png")
+    return record

@@ -8,7 +8,6 @@ checked against Keras on probe images before it is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -27,14 +26,6 @@ INPUT_NAME = "image"
 
 class ExportError(UserError, RuntimeError):
     """The export cannot run here, or its result does not match the Keras model."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _converter() -> tuple[Any, Any, Any]:
@@ -103,7 +94,7 @@ def export_onnx(
     proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=OPSET)
     onnx.helper.set_model_props(proto, {
         "classes": json.dumps(classes), "image_size": str(size), "source_model": model_path.name,
-        "source_sha256": file_sha256(model_path), "cxr_version": __version__})
+        "source_sha256": files.sha256(model_path), "cxr_version": __version__})
 
     import onnxruntime
 

@@ -7,6 +7,7 @@ half-written file behind and a new run never overwrites an earlier one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -55,6 +56,15 @@ def remove_temporaries(folder: str | os.PathLike, echo: Callable[[str], None] = 
     if removed:
         echo(f"removed {removed} partly written temporary file(s) left by the interrupted process")
     return removed
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes: ties a derived file (an ONNX export, a temperature) to its model."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -1,0 +1,142 @@
+"""Clinical metrics per class and overall, with stratified-bootstrap 95 % confidence intervals.
+
+scikit-learn computes every metric. A metric that is undefined on a set (a class with no positives
+has no sensitivity and no ROC AUC) is NaN, never 0, so it cannot pass for a real value; averages
+skip it and the interval of a metric that is undefined in some resamples comes from the others.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+PER_CLASS = ("sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
+OVERALL = ("accuracy", "balanced_accuracy", "cohen_kappa")
+
+
+def _nanmean(values: np.ndarray, weights: np.ndarray | None = None) -> float:
+    keep = ~np.isnan(values)
+    if not keep.any():
+        return float("nan")
+    if weights is None:
+        return float(values[keep].mean())
+    if weights[keep].sum() == 0:
+        return float("nan")
+    return float(np.average(values[keep], weights=weights[keep]))
+
+
+def point_metrics(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Every metric as a flat {name: value}: `accuracy`, ..., `<metric>/<class index>`, `macro/<metric>`,
+    `weighted/<metric>` (weighted by each class's number of true cases)."""
+    truth = np.asarray(truth)
+    n_classes = probabilities.shape[1]
+    labels = np.arange(n_classes)
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(truth, predicted, labels=labels)
+    support = matrix.sum(axis=1)
+    false_positives = matrix.sum(axis=0) - np.diag(matrix)
+    negatives = len(truth) - support
+    precision, sensitivity, f1, _ = precision_recall_fscore_support(truth, predicted, labels=labels, average=None,
+                                                                     zero_division=np.nan)
+    # One-vs-rest curves, one call for all classes that have both positives and negatives.
+    onehot = truth[:, None] == labels[None, :]
+    ranked = (support > 0) & (support < len(truth))
+    roc_auc, pr_auc = np.full(n_classes, np.nan), np.full(n_classes, np.nan)
+    if ranked.any():
+        roc_auc[ranked] = roc_auc_score(onehot[:, ranked], probabilities[:, ranked], average=None)
+        pr_auc[ranked] = average_precision_score(onehot[:, ranked], probabilities[:, ranked], average=None)
+    per_class = {
+        "sensitivity": sensitivity,
+        "specificity": np.where(negatives > 0, (negatives - false_positives) / np.maximum(negatives, 1), np.nan),
+        "precision": precision,
+        "f1": f1,
+        "roc_auc": roc_auc,
+        "pr_auc": pr_auc,
+    }
+    values = {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        # The mean sensitivity of the classes present (scikit-learn's balanced_accuracy_score, without
+        # its warning for classes absent from the truth).
+        "balanced_accuracy": _nanmean(per_class["sensitivity"]),
+        "cohen_kappa": float(cohen_kappa_score(truth, predicted, labels=labels)),
+    }
+    for name, column in per_class.items():
+        column = np.asarray(column, dtype=float)
+        values.update({f"{name}/{k}": float(column[k]) for k in labels})
+        values[f"macro/{name}"] = _nanmean(column)
+        values[f"weighted/{name}"] = _nanmean(column, support.astype(float))
+    return values
+
+
+def stratified_resamples(truth: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Row indices of `n_resamples` bootstrap samples drawn with replacement within each true class,
+    so every resample has the class counts of the original set."""
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(truth == label) for label in np.unique(truth)]
+    return np.stack([np.concatenate([rng.choice(group, len(group)) for group in groups])
+                     for _ in range(n_resamples)])
+
+
+def bootstrap_intervals(truth: np.ndarray, probabilities: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+                        level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of every metric over stratified bootstrap resamples."""
+    truth = np.asarray(truth)
+    samples = [point_metrics(truth[rows], probabilities[rows])
+               for rows in stratified_resamples(truth, n_resamples, seed)]
+    tail = (1 - level) / 2 * 100
+    intervals = {}
+    for name in samples[0]:
+        values = np.array([sample[name] for sample in samples])
+        values = values[~np.isnan(values)]
+        intervals[name] = ((float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+                           if len(values) else (float("nan"), float("nan")))
+    return intervals
+
+
+def clinical_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], n_resamples: int = 1000,
+                     seed: int = 0) -> dict:
+    """Point estimates and 95 % intervals, overall and per class, as JSON-ready nested dicts."""
+    point = point_metrics(truth, probabilities)
+    intervals = bootstrap_intervals(truth, probabilities, n_resamples, seed) if n_resamples else {}
+
+    def entry(name: str) -> dict[str, float | None]:
+        low, high = intervals.get(name, (float("nan"), float("nan")))
+        return {"value": _json_number(point[name]), "ci_low": _json_number(low), "ci_high": _json_number(high)}
+
+    support = np.bincount(np.asarray(truth), minlength=len(classes))
+    return {
+        "bootstrap": {"resamples": n_resamples, "seed": seed, "level": 0.95, "stratified": True},
+        "overall": {name: entry(name) for name in OVERALL},
+        "macro": {name: entry(f"macro/{name}") for name in PER_CLASS},
+        "weighted": {name: entry(f"weighted/{name}") for name in PER_CLASS},
+        "per_class": {label: {"support": int(support[k]), **{name: entry(f"{name}/{k}") for name in PER_CLASS}}
+                      for k, label in enumerate(classes)},
+    }
+
+
+def per_class_frame(result: dict) -> pd.DataFrame:
+    """`clinical_metrics` as a table: one row per class, then the macro and weighted averages; each metric
+    with its interval (`<metric>`, `<metric>_ci_low`, `<metric>_ci_high`)."""
+    total = sum(values["support"] for values in result["per_class"].values())
+    rows = [*result["per_class"].items(), ("macro avg", result["macro"]), ("weighted avg", result["weighted"])]
+    records = []
+    for label, values in rows:
+        record = {"class": label, "support": values.get("support", total)}
+        for name in PER_CLASS:
+            record.update({name: values[name]["value"], f"{name}_ci_low": values[name]["ci_low"],
+                           f"{name}_ci_high": values[name]["ci_high"]})
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def _json_number(value: float) -> float | None:
+    """NaN is not JSON: an undefined metric is written as null."""
+    return None if np.isnan(value) else float(value)

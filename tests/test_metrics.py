@@ -1,0 +1,82 @@
+"""Clinical metrics against values computed by hand, and the bootstrap's promises."""
+
+import math
+
+import numpy as np
+import pytest
+
+from cxr.metrics import bootstrap_intervals, clinical_metrics, point_metrics, stratified_resamples
+
+# Six cases, four classes; class 3 has no positives (and is never predicted).
+TRUTH = np.array([0, 0, 0, 1, 1, 2])
+PROBABILITIES = np.array([
+    [0.7, 0.1, 0.1, 0.1],  # 0 -> 0
+    [0.6, 0.2, 0.1, 0.1],  # 0 -> 0
+    [0.3, 0.5, 0.1, 0.1],  # 0 -> 1
+    [0.2, 0.6, 0.1, 0.1],  # 1 -> 1
+    [0.1, 0.3, 0.5, 0.1],  # 1 -> 2
+    [0.1, 0.1, 0.7, 0.1],  # 2 -> 2
+])
+
+
+def test_point_metrics_match_hand_computed_values():
+    m = point_metrics(TRUTH, PROBABILITIES)
+    expected = {
+        "accuracy": 4 / 6, "balanced_accuracy": (2 / 3 + 0.5 + 1) / 3, "cohen_kappa": 0.5,
+        "sensitivity/0": 2 / 3, "sensitivity/1": 0.5, "sensitivity/2": 1.0,
+        "specificity/0": 1.0, "specificity/1": 0.75, "specificity/2": 0.8, "specificity/3": 1.0,
+        "precision/0": 1.0, "precision/1": 0.5, "precision/2": 0.5,
+        "f1/0": 0.8, "f1/1": 0.5, "f1/2": 2 / 3,
+        "roc_auc/0": 1.0, "roc_auc/1": 7 / 8, "roc_auc/2": 1.0,
+        "pr_auc/1": 0.5 * 1 + 0.5 * (2 / 3),
+        "macro/specificity": (1 + 0.75 + 0.8 + 1) / 4,
+        "weighted/specificity": (3 * 1 + 2 * 0.75 + 1 * 0.8) / 6,
+        "macro/sensitivity": (2 / 3 + 0.5 + 1) / 3,
+    }
+    for name, value in expected.items():
+        assert m[name] == pytest.approx(value), name
+
+
+def test_a_class_without_positives_has_undefined_not_zero_metrics():
+    m = point_metrics(TRUTH, PROBABILITIES)
+    for name in ("sensitivity/3", "precision/3", "f1/3", "roc_auc/3", "pr_auc/3"):
+        assert math.isnan(m[name]), name
+
+
+def test_stratified_resamples_keep_class_counts_and_are_reproducible():
+    truth = np.array([0] * 5 + [1] * 3 + [2] * 2)
+    rows = stratified_resamples(truth, 50, seed=7)
+    assert rows.shape == (50, 10)
+    for sample in rows:
+        assert np.bincount(truth[sample]).tolist() == [5, 3, 2]
+    np.testing.assert_array_equal(rows, stratified_resamples(truth, 50, seed=7))
+    assert not np.array_equal(rows, stratified_resamples(truth, 50, seed=8))
+
+
+def _noisy_set(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 3, n)
+    logits = rng.normal(size=(n, 3)) + 2.0 * np.eye(3)[truth]
+    return truth, np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
+def test_bootstrap_intervals_are_reproducible_and_contain_the_point_estimate():
+    truth, probabilities = _noisy_set()
+    first = bootstrap_intervals(truth, probabilities, n_resamples=200, seed=3)
+    assert first == bootstrap_intervals(truth, probabilities, n_resamples=200, seed=3)
+    assert first != bootstrap_intervals(truth, probabilities, n_resamples=200, seed=4)
+    point = point_metrics(truth, probabilities)
+    for name in ("accuracy", "balanced_accuracy", "cohen_kappa", "macro/f1", "roc_auc/0", "specificity/2"):
+        low, high = first[name]
+        assert low <= point[name] <= high and high - low > 0, name
+        assert high - low < 0.25, name  # 300 cases: informative, not vacuous
+
+
+def test_clinical_metrics_is_json_ready_with_nulls_for_undefined_values():
+    result = clinical_metrics(TRUTH, PROBABILITIES, ["A", "B", "C", "D"], n_resamples=50, seed=1)
+    assert result["bootstrap"] == {"resamples": 50, "seed": 1, "level": 0.95, "stratified": True}
+    assert result["per_class"]["D"]["support"] == 0 and result["per_class"]["D"]["sensitivity"]["value"] is None
+    assert result["per_class"]["A"]["f1"]["value"] == pytest.approx(0.8)
+    assert result["overall"]["cohen_kappa"]["value"] == pytest.approx(0.5)
+    low, high = result["overall"]["accuracy"]["ci_low"], result["overall"]["accuracy"]["ci_high"]
+    assert 0 <= low <= 4 / 6 <= high <= 1
