@@ -1,4 +1,4 @@
-"""What must differ per Keras backend: deterministic kernels and the compiled-program cache."""
+"""What must differ per Keras backend: deterministic kernels, the compiled-program cache, gradients."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import keras
+import numpy as np
 
 
 def enable_determinism() -> None:
@@ -34,3 +35,28 @@ def enable_compilation_cache(folder: str | os.PathLike) -> bool:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)  # small programs compile faster than they load
     return True
+
+
+def gradient(function, x: np.ndarray):
+    """d sum(function(x)) / dx with the active backend's automatic differentiation (for Grad-CAM)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(function(x))
+        return tape.gradient(total, x)
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        return jax.grad(lambda value: jnp.sum(function(value)))(jnp.asarray(x))
+    if backend == "torch":
+        import torch
+
+        x = torch.tensor(np.asarray(x), requires_grad=True)
+        function(x).sum().backward()
+        return x.grad
+    raise NotImplementedError(f"gradients on the {backend} backend")

@@ -112,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                          help="compute precision for the keras engine (default: the model's own)")
 
+    explain = commands.add_parser("explain", help="Grad-CAM heat-map overlays for image files and folders")
+    explain.add_argument("model", help="a model.keras file, or a run folder")
+    explain.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    explain.add_argument("--out", required=True, help="folder to write the overlays into (must not exist)")
+    explain.add_argument("--class", dest="class_name", help="explain this class (default: each image's prediction)")
+
     export = commands.add_parser("export", help="export a trained model for inference without TensorFlow")
     export.add_argument("model", help="a model.keras file, or a run folder")
     export.add_argument("--format", choices=["onnx"], default="onnx")
@@ -203,6 +209,16 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0 if (frame["error"] == "").any() else 1
 
 
+def run_explain(args: argparse.Namespace) -> int:
+    from cxr.explain import explain_files
+
+    frame = explain_files(args.model, args.paths, args.out, args.class_name)
+    if frame.empty:
+        print("no image files found in the given paths", file=sys.stderr)
+        return 1
+    return 0 if (frame["error"] == "").any() else 1
+
+
 def run_export(args: argparse.Namespace) -> int:
     # tf2onnx converts TensorFlow graphs; a .keras file from any backend loads on TensorFlow.
     if "keras" not in sys.modules:
@@ -214,7 +230,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": run_demo, "split": run_split, "train": run_train, "evaluate": run_evaluate,
-            "predict": run_predict, "export": run_export}
+            "predict": run_predict, "explain": run_explain, "export": run_export}
 
 
 def main(argv: list[str] | None = None) -> int:
