@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                          help="compute precision for the keras engine (default: the model's own)")
 
+    compare = commands.add_parser("compare", help="headline test metrics of several runs side by side")
+    compare.add_argument("runs", nargs="+", help="run folders")
+
     explain = commands.add_parser("explain", help="Grad-CAM heat-map overlays for image files and folders")
     explain.add_argument("model", help="a model.keras file, or a run folder")
     explain.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
@@ -209,6 +212,14 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0 if (frame["error"] == "").any() else 1
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    from cxr.compare import compare_runs
+
+    print(compare_runs(args.runs).to_string())
+    print("\n95 % bootstrap intervals in brackets; metrics on each run's own test split")
+    return 0
+
+
 def run_explain(args: argparse.Namespace) -> int:
     from cxr.explain import explain_files
 
@@ -230,7 +241,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": run_demo, "split": run_split, "train": run_train, "evaluate": run_evaluate,
-            "predict": run_predict, "explain": run_explain, "export": run_export}
+            "predict": run_predict, "compare": run_compare, "explain": run_explain, "export": run_export}
 
 
 def main(argv: list[str] | None = None) -> int:

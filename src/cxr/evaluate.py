@@ -22,7 +22,14 @@ from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.split import SPLITS, read_split
 from cxr.metrics import clinical_metrics, per_class_frame
 from cxr.model import load_model, predict_array
-from cxr.plots import plot_confusion_matrix, plot_reliability
+from cxr.plots import (
+    plot_confusion_matrix,
+    plot_gradcam_grid,
+    plot_reliability,
+    plot_roc_pr,
+    plot_training_curves,
+)
+from cxr.report import write_report
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
@@ -116,6 +123,8 @@ def evaluate_run(
         }
         files.write_csv(out / f"predictions_{name}.csv", predictions_frame(frame, probabilities, classes))
         outputs[name] = truth, probabilities
+        if name == "test":
+            test_images = array
 
     if "test" in outputs:
         test_truth, test_probabilities = outputs["test"]
@@ -140,9 +149,15 @@ def evaluate_run(
         if "val" in outputs:
             metrics["calibration"] = _calibrate(run_dir, model_path, outputs["val"], outputs["test"], out)
         metrics["sources"] = _audit_sources(split, split.root or config["data"], classes, outputs["test"], out)
+        plot_roc_pr(test_truth, test_probabilities, classes, out / "roc_pr.png")
+        _gradcam_grid(model, test_images, split.frames["test"], outputs["test"], classes, out / "gradcam_test.png")
+    history_path = run_dir / "history.csv"
+    if history_path.is_file() and len(history := pd.read_csv(history_path)):
+        plot_training_curves(history, out / "training_curves.png")
     files.write_json(out / "metrics.json", metrics)
+    write_report(metrics, config, split, out)
 
-    echo(f"evaluation of {model_path} -> {out}")
+    echo(f"evaluation of {model_path} -> {out} (open {out / 'report.html'} in a browser)")
     for name, values in metrics["splits"].items():
         echo(f"  {name:<5}  {values['images']:>6} images  loss {values['loss']:.4f}  "
              f"accuracy {values['accuracy']:.4f}")
@@ -179,6 +194,24 @@ def _audit_sources(split, root: str, classes: list[str], test: tuple[np.ndarray,
                                  everything["label"], sources.assign_sources(everything["file"], mapping))
     files.write_csv(out / "metrics_per_source.csv", sources.per_source_frame(audit))
     return audit
+
+
+def _gradcam_grid(model, images: np.ndarray, frame: pd.DataFrame, test: tuple[np.ndarray, np.ndarray],
+                  classes: list[str], path: Path, per_kind: int = 4) -> Path:
+    """Grad-CAM of the most confident right and wrong test predictions, four of each at most."""
+    from cxr.explain import gradcam, overlay
+
+    truth, probabilities = test
+    predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    order = np.argsort(-confidence)
+    chosen = ([i for i in order if predicted[i] == truth[i]][:per_kind]
+              + [i for i in order if predicted[i] != truth[i]][:per_kind])
+    heat, _ = gradcam(model, np.asarray(images[sorted(chosen)]))
+    maps = dict(zip(sorted(chosen), heat, strict=True))
+    panels = [(overlay(np.asarray(images[i])[..., 0], maps[i]),
+               f"{'right' if predicted[i] == truth[i] else 'WRONG'}: {classes[truth[i]]} -> {classes[predicted[i]]} "
+               f"{confidence[i]:.2f}\n{Path(frame['file'].iloc[i]).name}") for i in chosen]
+    return plot_gradcam_grid(panels, path)
 
 
 def _with_interval(entry: dict) -> str:

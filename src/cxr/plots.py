@@ -51,3 +51,48 @@ def plot_reliability(before: pd.DataFrame, after: pd.DataFrame, ece: tuple[float
         ax.legend(loc="upper left")
     figure.suptitle("Test set reliability (numbers: cases per bin)")
     return _save(figure, path)
+
+
+def plot_training_curves(history: pd.DataFrame, path: Path) -> Path:
+    """Loss, accuracy and learning rate per epoch (history.csv), training and validation."""
+    figure = Figure(figsize=(14, 4))
+    axes = figure.subplots(1, 3)
+    for ax, metric in ((axes[0], "loss"), (axes[1], "accuracy")):
+        ax.plot(history["epoch"], history[metric], "o-", label=f"train {metric}")
+        ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label=f"validation {metric}")
+        ax.set(xlabel="epoch", title=metric)
+        ax.legend()
+    axes[2].plot(history["epoch"], history["learning_rate"], "o-", color="#55a868")
+    axes[2].set(xlabel="epoch", title="learning rate", yscale="log")
+    return _save(figure, path)
+
+
+def plot_roc_pr(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], path: Path) -> Path:
+    """One-vs-rest ROC and precision-recall curves per class (classes without test cases are left out)."""
+    from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
+
+    figure = Figure(figsize=(12, 5))
+    axes = figure.subplots(1, 2)
+    for k, name in enumerate(classes):
+        positives = truth == k
+        if not 0 < positives.sum() < len(truth):
+            continue
+        RocCurveDisplay.from_predictions(positives, probabilities[:, k], name=name, ax=axes[0])
+        PrecisionRecallDisplay.from_predictions(positives, probabilities[:, k], name=name, ax=axes[1])
+    axes[0].plot([0, 1], [0, 1], "--", color="gray")
+    axes[0].set_title("Test set ROC, one class against the rest")
+    axes[1].set_title("Test set precision-recall")
+    return _save(figure, path)
+
+
+def plot_gradcam_grid(panels: list[tuple[np.ndarray, str]], path: Path, columns: int = 4) -> Path:
+    """Overlays (BGR uint8) with their captions, in rows of `columns`."""
+    rows = max(1, -(-len(panels) // columns))
+    figure = Figure(figsize=(3.2 * columns, 3.5 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, (image, caption) in zip(axes, panels, strict=False):
+        ax.imshow(image[..., ::-1])
+        ax.set_title(caption, fontsize=8)
+    return _save(figure, path)

@@ -1,0 +1,53 @@
+"""`cxr compare`: the headline test metrics of several runs side by side, with their 95 % intervals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from cxr.errors import UserError
+
+HEADLINE = [("accuracy", "overall", "accuracy"), ("balanced accuracy", "overall", "balanced_accuracy"),
+            ("macro F1", "macro", "f1"), ("macro ROC AUC", "macro", "roc_auc"), ("macro PR AUC", "macro", "pr_auc"),
+            ("Cohen's kappa", "overall", "cohen_kappa")]
+
+
+def latest_metrics(run: str | os.PathLike) -> tuple[Path, dict]:
+    """The newest complete evaluation of a run (eval/, eval-2/, ...: the highest number with metrics.json)."""
+    run = Path(run)
+    folders = [p for p in run.glob("eval*") if re.fullmatch(r"eval(-\d+)?", p.name) and (p / "metrics.json").is_file()]
+    if not folders:
+        raise UserError(f"{run}: no evaluation with metrics.json (run cxr evaluate {run})")
+    newest = max(folders, key=lambda p: int(p.name.split("-")[1]) if "-" in p.name else 1)
+    return newest, json.loads((newest / "metrics.json").read_text(encoding="utf-8"))
+
+
+def _cell(entry: dict | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    if entry.get("ci_low") is None:
+        return f"{entry['value']:.3f}"
+    return f"{entry['value']:.3f} ({entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
+
+
+def compare_runs(runs: list[str | os.PathLike]) -> pd.DataFrame:
+    """One column per run, one row per headline metric (test split), as text with intervals."""
+    columns = {}
+    for run in runs:
+        folder, metrics = latest_metrics(run)
+        clinical = metrics.get("clinical") or {}
+        column = {"evaluation": folder.name,
+                  "test images": str(metrics.get("splits", {}).get("test", {}).get("images", "n/a"))}
+        for label, group, name in HEADLINE:
+            column[label] = _cell(clinical.get(group, {}).get(name)) if clinical else "n/a (evaluate again)"
+        calibration = metrics.get("calibration")
+        column["ECE before -> after"] = (f"{calibration['test_ece_before']:.3f} -> {calibration['test_ece_after']:.3f}"
+                                         if calibration else "n/a")
+        column["source warnings"] = str(len((metrics.get("sources") or {}).get("warnings", [])))
+        name = Path(run).name
+        columns[name if name not in columns else str(run)] = column
+    return pd.DataFrame(columns)

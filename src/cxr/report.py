@@ -1,0 +1,152 @@
+"""One self-contained HTML page per evaluation: every number, figure and warning, readable offline.
+
+Images are embedded as data URIs and the page loads nothing from elsewhere. A small inline script
+records on <body> how many images decoded (`data-images-loaded` of `data-images-total`), so a
+headless browser can check the page without a screenshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from cxr import files
+from cxr.metrics import PER_CLASS
+
+FIGURES = [
+    ("training_curves.png", "Training curves: loss, accuracy and learning rate per epoch"),
+    ("confusion_matrix.png", "Confusion matrix of the test set"),
+    ("roc_pr.png", "ROC and precision-recall curves per class (test set)"),
+    ("reliability.png", "Reliability diagram before and after temperature scaling (test set)"),
+    ("gradcam_test.png", "Grad-CAM of the most confident right and wrong test predictions"),
+]
+METRIC_NAMES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "precision": "Precision", "f1": "F1",
+                "roc_auc": "ROC AUC", "pr_auc": "PR AUC"}
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+.notice { border: 2px solid #b00; background: #fff0f0; padding: 0.8em 1em; font-weight: 600; }
+.warning { border-left: 4px solid #d80; background: #fff8e6; padding: 0.4em 0.8em; margin: 0.4em 0; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.headline td { font-size: 1.1em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+.ci { color: #666; font-size: 0.85em; }
+"""
+SCRIPT = """
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var loaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute("data-images-loaded", String(loaded));
+  document.body.setAttribute("data-images-total", String(images.length));
+});
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _interval(entry: dict | None) -> str:
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    text = f"{entry['value']:.3f}"
+    if entry.get("ci_low") is not None:
+        text += f' <span class="ci">({entry["ci_low"]:.3f}&ndash;{entry["ci_high"]:.3f})</span>'
+    return text
+
+
+def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _image(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _dataset_section(split) -> str:
+    frames = {name: frame for name, frame in split.frames.items()}
+    counts = pd.DataFrame({name: frame["label"].value_counts() for name, frame in frames.items()}).fillna(0)
+    counts = counts.astype(int)
+    counts["all"] = counts.sum(axis=1)
+    rows = [[_e(label), *(str(v) for v in row)] for label, row in counts.iterrows()]
+    rows.append(["<b>total</b>", *(f"<b>{v}</b>" for v in counts.sum())])
+    text = "<h2>Dataset</h2>" + _table(["class", *counts.columns], rows)
+    groups = split.duplicates["group"].nunique() if len(split.duplicates) else 0
+    text += (f"<p>{len(split.skipped)} file(s) skipped as unusable; {len(split.duplicates)} image(s) in "
+             f"{groups} group(s) of copies, each group kept within one split.</p>")
+    if len(split.skipped):
+        shown = split.skipped.head(20)
+        text += _table(["file", "reason"], [[_e(r.file), _e(r.reason)] for r in shown.itertuples()])
+        if len(split.skipped) > 20:
+            text += f"<p>... and {len(split.skipped) - 20} more in split/skipped.csv.</p>"
+    return text
+
+
+def build_report(metrics: dict, config: dict, split, eval_dir: Path) -> str:
+    """The page's HTML for an evaluation already written to `eval_dir`."""
+    parts = [f"<h1>cxr evaluation: {_e(metrics['run'])}</h1>",
+             '<p class="notice">Research use only. This is not a medical device and must not be used for '
+             "diagnosis or treatment decisions.</p>"]
+    clinical = metrics.get("clinical")
+    if clinical:
+        overall, macro = clinical["overall"], clinical["macro"]
+        calibration = metrics.get("calibration")
+        headline = [["Accuracy", _interval(overall["accuracy"])],
+                    ["Balanced accuracy", _interval(overall["balanced_accuracy"])],
+                    ["Macro F1", _interval(macro["f1"])], ["Macro ROC AUC", _interval(macro["roc_auc"])],
+                    ["Cohen's kappa", _interval(overall["cohen_kappa"])]]
+        if calibration:
+            headline.append(["Expected calibration error", f"{calibration['test_ece_before']:.3f} &rarr; "
+                             f"{calibration['test_ece_after']:.3f} (temperature {calibration['temperature']:.3f})"])
+        boot = clinical["bootstrap"]
+        parts += [f"<h2>Test set: {metrics['splits']['test']['images']} images</h2>",
+                  f"<p>95 % intervals from {boot['resamples']} stratified bootstrap resamples (seed "
+                  f"{boot['seed']}).</p>", _table(["metric", "value (95 % CI)"], headline, "headline")]
+    audit = metrics.get("sources")
+    if audit:
+        parts.append("<h2>Sources</h2>")
+        if not audit["available"]:
+            parts.append(f"<p>{_e(audit['note'])}</p>")
+        else:
+            parts += [f'<p class="warning">{_e(w)}</p>' for w in audit["warnings"]]
+            parts.append(_table(["source", "test images", "accuracy"],
+                                [[_e(s), str(v["images"]), f"{v['accuracy']:.3f}"]
+                                 for s, v in audit["per_source"].items()]))
+            parts.append(_table(["class", "source", "images", "sensitivity"],
+                                [[_e(r["class"]), _e(r["source"]), str(r["images"]), f"{r['sensitivity']:.3f}"]
+                                 for r in audit["per_class_source"]]))
+    if clinical:
+        rows = [[_e(label), str(values["support"]), *(_interval(values[m]) for m in PER_CLASS)]
+                for label, values in clinical["per_class"].items()]
+        rows += [[f"<i>{kind} average</i>", "", *(_interval(clinical[kind][m]) for m in PER_CLASS)]
+                 for kind in ("macro", "weighted")]
+        parts += ["<h2>Per class (test set)</h2>",
+                  _table(["class", "support", *(METRIC_NAMES[m] for m in PER_CLASS)], rows)]
+    parts.append("<h2>Loss and accuracy per split</h2>" + _table(
+        ["split", "images", "loss", "accuracy"],
+        [[_e(name), str(v["images"]), f"{v['loss']:.4f}", f"{v['accuracy']:.4f}"]
+         for name, v in metrics["splits"].items()]))
+    parts.append("<h2>Figures</h2>")
+    parts += [_image(eval_dir / name, caption) for name, caption in FIGURES if (eval_dir / name).is_file()]
+    parts.append(_dataset_section(split))
+    if metrics.get("training"):
+        parts.append("<h2>Training</h2><p>" + _e(", ".join(f"{k}: {v}" for k, v in metrics["training"].items()))
+                     + "</p>")
+    parts.append("<h2>Configuration</h2><pre>" + _e(yaml.safe_dump(config, sort_keys=False)) + "</pre>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>cxr evaluation: {_e(metrics['run'])}</title><style>{STYLE}</style>"
+            f"<script>{SCRIPT}</script></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def write_report(metrics: dict, config: dict, split, eval_dir: Path) -> Path:
+    return files.write_text(eval_dir / "report.html", build_report(metrics, config, split, eval_dir))
