@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, help="folder to write the overlays into (must not exist)")
     explain.add_argument("--class", dest="class_name", help="explain this class (default: each image's prediction)")
 
+    serve = commands.add_parser("serve", help="a REST API for a model (loopback only unless --host says otherwise)")
+    serve.add_argument("model", help="a run folder, a model.keras or a model.onnx file")
+    serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--engine", choices=["auto", "keras", "onnx"], default="auto")
+    serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload (default 20 MB)")
+
     export = commands.add_parser("export", help="export a trained model for inference without TensorFlow")
     export.add_argument("model", help="a model.keras file, or a run folder")
     export.add_argument("--format", choices=["onnx"], default="onnx")
@@ -230,6 +237,13 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0 if (frame["error"] == "").any() else 1
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from cxr.serve import serve
+
+    serve(args.model, args.host, args.port, args.engine, int(args.max_upload_mb * 1024 * 1024))
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     # tf2onnx converts TensorFlow graphs; a .keras file from any backend loads on TensorFlow.
     if "keras" not in sys.modules:
@@ -241,7 +255,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": run_demo, "split": run_split, "train": run_train, "evaluate": run_evaluate,
-            "predict": run_predict, "compare": run_compare, "explain": run_explain, "export": run_export}
+            "predict": run_predict, "compare": run_compare, "explain": run_explain, "export": run_export,
+            "serve": run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

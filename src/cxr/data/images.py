@@ -12,9 +12,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cxr.data.dicom import decode_dicom, is_dicom
 from cxr.errors import ImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
 _SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -25,7 +26,7 @@ _SIGNATURES = {
 }
 
 
-def _format_of(data: bytes) -> str | None:
+def image_format(data: bytes) -> str | None:
     for signature, name in _SIGNATURES.items():
         if data.startswith(signature):
             return name
@@ -62,7 +63,9 @@ def decode_gray(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
     """Decode image bytes into a uint8 grayscale array (H, W); raise ImageError if impossible."""
     if len(data) == 0:
         raise ImageError(path, "empty file")
-    kind = _format_of(data)
+    if is_dicom(data):
+        return decode_dicom(data, path)
+    kind = image_format(data)
     if kind is None:
         raise ImageError(path, "not an image (unrecognised content)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -1,0 +1,56 @@
+"""DICOM radiographs to the model's 8-bit grayscale, as a radiologist's viewer would show them.
+
+The modality LUT (rescale slope/intercept) and then the VOI LUT or window from the file are applied,
+the result is scaled to 0-255 over its own range, and MONOCHROME1 (white = low values) is inverted so
+that bone is always bright. Compressed pixel data (JPEG baseline and others) is decoded by pydicom's
+pylibjpeg plugins. Files with no pixel data or several frames are refused with the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from cxr.errors import ImageError
+
+DICOM_MAGIC_OFFSET = 128
+
+
+def is_dicom(data: bytes) -> bool:
+    """DICOM Part 10 files carry 'DICM' after a 128-byte preamble."""
+    return data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def decode_dicom(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """uint8 grayscale (H, W) from the bytes of a DICOM file; ImageError with a reason otherwise."""
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:
+        raise ImageError(path, "DICOM support needs pydicom: pip install 'cxr[dicom]'") from None
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except Exception as error:  # pydicom raises several types for damaged files
+        raise ImageError(path, f"DICOM file cannot be read ({error})") from None
+    if "PixelData" not in dataset:
+        raise ImageError(path, "DICOM file has no pixel data (not an image)")
+    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageError(path, f"multi-frame DICOM ({frames} frames); give a single radiograph")
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:
+        syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", syntax)
+        raise ImageError(path, f"DICOM pixel data cannot be decoded (transfer syntax {name}: {error})") from None
+    photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2"))
+    if pixels.ndim == 3:  # colour (RGB, YBR): a plain luminance
+        pixels = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    else:
+        pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
+    low, high = float(pixels.min()), float(pixels.max())
+    scaled = np.zeros(pixels.shape) if high <= low else (pixels - low) * (255.0 / (high - low))
+    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return 255 - gray if photometric == "MONOCHROME1" else gray

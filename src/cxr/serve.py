@@ -1,0 +1,207 @@
+"""`cxr serve`: a REST API for a trained model, safe by default.
+
+Loopback only unless told otherwise; models load with Keras' safe mode or from ONNX; every upload
+is checked by content (not by name), against a size limit before it is read whole and a pixel limit
+before it is decoded, and a bad request gets a JSON error while the server stays up.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+
+from cxr import files
+from cxr.data.dicom import is_dicom
+from cxr.data.images import decode_gray, image_format, resize_square
+from cxr.errors import ImageError
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 60_000_000  # about 7,700 x 7,700: any radiograph; a decompression bomb is far larger
+
+
+class ServedModel:
+    """The model behind the API, loaded in the background so that /healthz answers at once."""
+
+    def __init__(self, model: str | os.PathLike, engine: str = "auto"):
+        path = Path(model)
+        self.run_dir = path if path.is_dir() else path.parent
+        self.model_path = path / "model.keras" if path.is_dir() else path
+        self.engine = engine
+        self.predictor = None
+        self.error: str | None = None
+        self.temperature: float | None = None
+        self.model_id = ""
+        self._keras_model = None
+        self._lock = threading.Lock()
+        self.loaded = threading.Event()
+
+    def load(self) -> None:
+        from cxr.calibration import read_temperature
+        from cxr.engines import load_predictor
+
+        try:
+            self.predictor = load_predictor(self.model_path, self.engine, echo=lambda _: None)
+            self.model_id = files.sha256(self.predictor.path)[:12]  # hashed once, not per request
+            self.temperature = read_temperature(self.model_path.with_suffix(".keras"))
+        except Exception as error:  # reported by /readyz and every request instead of crashing the server
+            self.error = f"{type(error).__name__}: {error}"
+        self.loaded.set()
+
+    def keras_model(self):
+        """The Keras model, for Grad-CAM (ONNX has no gradients); loaded on first use."""
+        with self._lock:
+            if self._keras_model is None:
+                from cxr.model import load_model
+
+                self._keras_model = load_model(self.model_path.with_suffix(".keras"))
+            return self._keras_model
+
+    def info(self) -> dict[str, Any]:
+        predictor = self.predictor
+        info = {"model": str(self.model_path), "model_id": self.model_id,
+                "engine": predictor.engine, "classes": predictor.classes, "input_size": predictor.image_size,
+                "precision": predictor.precision, "temperature": self.temperature,
+                "trained": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.model_path.stat().st_mtime))}
+        evaluation = _latest_evaluation(self.run_dir)
+        if evaluation:
+            clinical = evaluation.get("clinical") or {}
+            info["test_metrics"] = {"images": evaluation["splits"].get("test", {}).get("images"),
+                                    **{f"{group}_{name}": value for group in ("overall", "macro")
+                                       for name, value in clinical.get(group, {}).items()}}
+        return info
+
+
+def _latest_evaluation(run_dir: Path) -> dict | None:
+    try:
+        from cxr.compare import latest_metrics
+
+        return latest_metrics(run_dir)[1]
+    except Exception:
+        return None
+
+
+def image_size_of(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone, without decoding the pixels."""
+    if is_dicom(data):
+        import pydicom
+
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        return int(getattr(header, "Columns", 0)), int(getattr(header, "Rows", 0))
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def check_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, str]:
+    """(status, message) for an upload that must be refused, or (200, kind) for one to decode."""
+    if not data:
+        return 422, "empty file"
+    kind = "DICOM" if is_dicom(data) else image_format(data)
+    if kind is None:
+        return 415, "not a PNG, JPEG or DICOM image (judged by content, not by file name)"
+    try:
+        size = image_size_of(data)
+    except Image.DecompressionBombError as error:  # Pillow's own guard, for sizes far past ours
+        return 422, f"{kind} image is over the pixel limit ({error})"
+    except Exception as error:
+        return 422, f"{kind} header cannot be read ({error})"
+    if size and size[0] * size[1] > max_pixels:
+        return 422, f"{kind} image of {size[0]} x {size[1]} pixels is over the limit of {max_pixels:,} pixels"
+    return 200, kind
+
+
+def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_pixels: int = MAX_PIXELS, load_in_background: bool = True):
+    """The FastAPI application serving `model` (a run folder, .keras or .onnx file)."""
+    served = ServedModel(model, engine)
+    app = FastAPI(title="cxr", description="Chest X-ray classification. Research use only, not a medical device.")
+    app.state.served = served
+    if load_in_background:
+        threading.Thread(target=served.load, daemon=True).start()
+    else:
+        served.load()
+
+    def ready() -> ServedModel:
+        if not served.loaded.is_set():
+            raise HTTPException(503, "the model is still loading; try again in a few seconds")
+        if served.error:
+            raise HTTPException(503, f"the model could not be loaded: {served.error}")
+        return served
+
+    @app.get("/", include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse((Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        if served.loaded.is_set() and not served.error:
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "loading" if not served.loaded.is_set() else "failed",
+                             "detail": served.error}, status_code=503)
+
+    @app.get("/v1/model")
+    def model_info() -> dict:
+        return ready().info()
+
+    @app.post("/v1/predict")
+    def predict(file: UploadFile = File(...), explain: bool = Query(False)) -> dict:  # noqa: B008
+        current = ready()
+        data = file.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"upload is over the limit of {max_upload_bytes:,} bytes")
+        status, message = check_upload(data, max_pixels)
+        if status != 200:
+            raise HTTPException(status, message)
+        try:
+            gray = decode_gray(data, file.filename or "upload")
+        except ImageError as error:
+            raise HTTPException(422, error.reason) from None
+        started = time.perf_counter()
+        predictor = current.predictor
+        batch = resize_square(gray, predictor.image_size)[None, ..., None]
+        probabilities = np.asarray(predictor.predict(batch))[0]
+        result: dict[str, Any] = {
+            "model_id": current.model_id, "engine": predictor.engine,
+            "predicted": predictor.classes[int(probabilities.argmax())], "probability": float(probabilities.max()),
+            "probabilities": dict(zip(predictor.classes, map(float, probabilities), strict=True)),
+        }
+        if current.temperature is not None:
+            from cxr.calibration import apply_temperature
+
+            scaled = apply_temperature(probabilities[None], current.temperature)[0]
+            result["calibrated_probabilities"] = dict(zip(predictor.classes, map(float, scaled), strict=True))
+            result["temperature"] = current.temperature
+        if explain:
+            from cxr.explain import gradcam, overlay
+
+            heat, _ = gradcam(current.keras_model(), batch)
+            ok, png = cv2.imencode(".png", overlay(gray, heat[0]))
+            result["gradcam_png_base64"] = base64.b64encode(png.tobytes()).decode("ascii")
+        result["latency_ms"] = (time.perf_counter() - started) * 1000
+        return result
+
+    return app
+
+
+def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
+          max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {host}, reachable from other machines; there is no authentication")
+    uvicorn.run(create_app(model, engine, max_upload_bytes), host=host, port=port, log_level="info")
+

@@ -1,0 +1,100 @@
+"""DICOM input: made by the tests with pydicom, read through the same loader as PNG and JPEG."""
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
+
+from cxr.data.images import decode_gray, load_image
+from cxr.errors import ImageError
+from cxr.predict import predict_files
+
+
+def ramp12(height=40, width=50) -> np.ndarray:
+    """12-bit data: a horizontal ramp with a bright square."""
+    image = np.tile(np.linspace(200, 3000, width), (height, 1))
+    image[10:20, 10:20] = 4000
+    return image.astype(np.uint16)
+
+
+def dicom_bytes(pixels: np.ndarray | None, photometric="MONOCHROME2", syntax=ExplicitVRLittleEndian,
+                encoded: bytes | None = None, frames: int | None = None, window=None, **extra) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape[-2:]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        bits = 8 if pixels.dtype == np.uint8 else 16
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, (8 if bits == 8 else 12), (7 if bits == 8 else 11)
+        ds.PixelRepresentation = 0
+        if frames:
+            ds.NumberOfFrames = frames
+        ds.PixelData = encoded if encoded is not None else pixels.tobytes()
+        if window:
+            ds.WindowCenter, ds.WindowWidth = window
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_12_bit_monochrome2_file_is_scaled_to_the_full_8_bit_range():
+    gray = decode_gray(dicom_bytes(ramp12()))
+    assert gray.dtype == np.uint8 and gray.shape == (40, 50)
+    assert gray.min() == 0 and gray.max() == 255 and gray[15, 15] == 255
+    assert (np.diff(gray[30].astype(int)) >= 0).all()  # the ramp stays monotone
+
+
+def test_monochrome1_is_inverted_so_it_matches_its_monochrome2_twin():
+    pixels = ramp12()
+    twin = (4095 - pixels).astype(np.uint16)
+    np.testing.assert_array_equal(decode_gray(dicom_bytes(twin, "MONOCHROME1")), decode_gray(dicom_bytes(pixels)))
+
+
+def test_the_window_from_the_file_is_applied():
+    wide = decode_gray(dicom_bytes(ramp12()))
+    narrow = decode_gray(dicom_bytes(ramp12(), window=(1000, 400)))  # 800..1200 spans the whole grey scale
+    assert (narrow[30] == 0).sum() > (wide[30] == 0).sum() and (narrow[30] == 255).sum() > (wide[30] == 255).sum()
+
+
+def test_jpeg_baseline_compressed_pixel_data_is_decoded():
+    image = cv2.resize(np.tile(np.arange(256, dtype=np.uint8), (64, 1)), (64, 64))
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    data = dicom_bytes(image, syntax=JPEGBaseline8Bit, encoded=encapsulate([jpeg.tobytes()]))
+    gray = decode_gray(data)
+    assert gray.shape == (64, 64)
+    assert np.abs(gray.astype(int) - cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (dicom_bytes(None), "DICOM file has no pixel data (not an image)"),
+    (dicom_bytes(np.zeros((2, 8, 8), np.uint8), frames=2), "multi-frame DICOM (2 frames); give a single radiograph"),
+])
+def test_unusable_dicom_files_are_refused_with_the_reason(data, reason):
+    with pytest.raises(ImageError) as caught:
+        decode_gray(data, "x.dcm")
+    assert caught.value.reason == reason
+
+
+def test_predict_reads_dicom_files_like_any_image(tiny_run, tmp_path):
+    pixels = ramp12(64, 64)
+    (tmp_path / "a.dcm").write_bytes(dicom_bytes(pixels))
+    (tmp_path / "b.dcm").write_bytes(dicom_bytes((4095 - pixels).astype(np.uint16), "MONOCHROME1"))
+    (tmp_path / "c.dcm").write_bytes(dicom_bytes(None))
+    frame = predict_files(tiny_run, [tmp_path], engine="keras")
+    assert frame["file"].map(lambda f: f.rsplit("/", 1)[1]).tolist() == ["a.dcm", "b.dcm", "c.dcm"]
+    columns = [c for c in frame.columns if c.startswith("p_")]
+    np.testing.assert_allclose(frame.loc[0, columns].to_numpy(float), frame.loc[1, columns].to_numpy(float))
+    assert frame.loc[2, "error"] == "DICOM file has no pixel data (not an image)"
+    assert load_image(tmp_path / "a.dcm", 32).shape == (32, 32)

@@ -1,0 +1,115 @@
+"""The REST API: every response the issue lists, with real sample images and bad inputs made here."""
+
+import base64
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cxr.serve import create_app
+from tests.test_dicom import dicom_bytes, ramp12
+
+CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+
+
+@pytest.fixture(scope="module")
+def client(tiny_run):
+    return TestClient(create_app(tiny_run, engine="keras", max_upload_bytes=2_000_000, load_in_background=False))
+
+
+def png(array: np.ndarray) -> bytes:
+    return cv2.imencode(".png", array)[1].tobytes()
+
+
+def post(client, data: bytes, name="x.png", **params):
+    return client.post("/v1/predict", files={"file": (name, data)}, params=params)
+
+
+def test_health_readiness_and_model_description(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    info = client.get("/v1/model").json()
+    assert info["classes"] == CLASSES and info["input_size"] == 32 and info["engine"] == "keras"
+    assert info["test_metrics"]["overall_accuracy"]["ci_low"] is not None and len(info["model_id"]) == 12
+
+
+def test_a_real_radiograph_is_classified_with_calibrated_probabilities(client, sample):
+    image = next((sample / "COVID" / "images").glob("*.png")).read_bytes()
+    result = post(client, image).json()
+    assert set(result["probabilities"]) == set(CLASSES) and result["predicted"] in CLASSES
+    assert sum(result["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert sum(result["calibrated_probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert result["temperature"] > 0 and result["latency_ms"] > 0
+
+
+def test_explain_adds_a_gradcam_overlay_of_the_image_size(client, sample):
+    image = next((sample / "Normal" / "images").glob("*.png")).read_bytes()
+    result = post(client, image, explain="true").json()
+    overlay = cv2.imdecode(np.frombuffer(base64.b64decode(result["gradcam_png_base64"]), np.uint8), cv2.IMREAD_COLOR)
+    assert overlay.shape[:2] == cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_GRAYSCALE).shape
+
+
+def png_bomb_header(width=100_000, height=100_000) -> bytes:
+    """A valid PNG signature and IHDR that declare a huge image, with a tiny body."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def cmyk_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("CMYK", (48, 40), (10, 20, 30, 40)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("name", "data", "status", "message"), [
+    ("empty", b"", 422, "empty file"),
+    ("text", b"hello, this is not an image", 415, "not a PNG, JPEG or DICOM image"),
+    ("truncated png", png(np.full((40, 40), 128, np.uint8))[:60], 422, "PNG cannot be decoded"),
+    ("png bomb", png_bomb_header(), 422, "PNG image is over the pixel limit"),
+    ("large png", png_bomb_header(9000, 9000), 422, "PNG image of 9000 x 9000 pixels is over the limit of 60,000,000"),
+    ("dicom without pixels", dicom_bytes(None), 422, "DICOM file has no pixel data"),
+    ("oversized", b"\x89PNG\r\n\x1a\n" + b"\0" * 2_100_000, 413, "over the limit of 2,000,000 bytes"),
+])
+def test_bad_uploads_get_a_json_error_and_the_server_stays_up(client, name, data, status, message):
+    response = post(client, data)
+    assert response.status_code == status, (name, response.text)
+    assert message in response.json()["detail"]
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("image", [
+    np.linspace(0, 65535, 40 * 40).reshape(40, 40).astype(np.uint16),  # 16-bit PNG
+    np.dstack([np.full((40, 40, 3), 90, np.uint8), np.full((40, 40), 255, np.uint8)]),  # RGBA
+])
+def test_unusual_but_valid_pngs_are_accepted(client, image):
+    assert post(client, png(image)).status_code == 200
+
+
+def test_cmyk_jpeg_is_accepted(client):
+    assert post(client, cmyk_jpeg(), "x.jpg").status_code == 200
+
+
+def test_monochrome1_dicom_gets_the_prediction_of_its_monochrome2_twin(client):
+    pixels = ramp12(64, 64)
+    mono2 = post(client, dicom_bytes(pixels), "a.dcm").json()
+    mono1 = post(client, dicom_bytes((4095 - pixels).astype(np.uint16), "MONOCHROME1"), "b.dcm").json()
+    assert mono1["probabilities"] == pytest.approx(mono2["probabilities"], abs=1e-6)
+
+
+def test_requests_while_the_model_loads_get_503(tiny_run, monkeypatch):
+    from cxr import serve
+
+    monkeypatch.setattr(serve.ServedModel, "load", lambda self: None)  # never finishes loading
+    client = TestClient(create_app(tiny_run))
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 503
+    response = post(client, png(np.zeros((8, 8), np.uint8)))
+    assert response.status_code == 503 and "still loading" in response.json()["detail"]

@@ -1,0 +1,55 @@
+"""The web page in a real headless Chromium: upload a sample radiograph, see probabilities and the overlay."""
+
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from cxr.serve import create_app
+from tests.test_report import CHROMIUM_FLAGS, chromium
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(create_app(tiny_run, engine="keras", load_in_background=False), host="127.0.0.1",
+                            port=port, log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not instance.started and time.time() < deadline:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}/"
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_upload_shows_probabilities_the_overlay_and_the_notice(server, sample, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    image = next((sample / "Viral Pneumonia" / "images").glob("*.png"))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS[1:])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(server)
+        assert "Research use only. This is not a medical device" in page.inner_text(".notice")
+        page.wait_for_selector("#model table")
+        assert "COVID, Lung_Opacity, Normal, Viral Pneumonia" in page.inner_text("#model")
+        page.keyboard.press("Tab")  # the file picker is the first control: reachable from the keyboard
+        assert page.evaluate("document.activeElement.id") == "file"
+        page.set_input_files("#file", str(image))
+        page.wait_for_selector("#overlay:not([hidden])", timeout=60_000)
+        assert page.inner_text("#predicted").startswith("Predicted: ")
+        assert page.locator(".bar").count() == 4
+        assert page.evaluate("document.getElementById('overlay').naturalWidth") > 0
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"})
+        page.wait_for_function("document.getElementById('error').textContent.length > 0")
+        assert "notes.txt: not a PNG, JPEG or DICOM image" in page.inner_text("#error")
+        browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 20_000
