@@ -3,6 +3,7 @@
 import base64
 import io
 import struct
+import time
 import zlib
 
 import cv2
@@ -113,3 +114,52 @@ def test_requests_while_the_model_loads_get_503(tiny_run, monkeypatch):
     assert client.get("/readyz").status_code == 503
     response = post(client, png(np.zeros((8, 8), np.uint8)))
     assert response.status_code == 503 and "still loading" in response.json()["detail"]
+
+
+def test_the_micro_batcher_groups_concurrent_requests_and_returns_each_its_own_row():
+    import threading
+
+    from cxr.serve import MicroBatcher
+
+    sizes = []
+
+    def predict(batch):
+        sizes.append(len(batch))
+        time.sleep(0.05)  # a model call long enough for other requests to queue up
+        return batch.reshape(len(batch), -1).mean(axis=1, keepdims=True)
+
+    batcher = MicroBatcher(predict, max_batch=8, window_ms=20)
+    results = {}
+    threads = [threading.Thread(target=lambda v=v: results.__setitem__(v, batcher(np.full((4, 4, 1), v, float))))
+               for v in range(11)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {v: float(r[0]) for v, r in results.items()} == {v: float(v) for v in range(11)}  # 11: padding is used
+    assert sum(sizes) >= 11 and max(sizes) > 1 and len(sizes) < 11 and max(sizes) <= 8
+    assert all(size & (size - 1) == 0 for size in sizes)  # padded to powers of two: few compiled shapes
+
+
+def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
+    from cxr.serve import MicroBatcher
+
+    calls = []
+
+    def predict(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("model failed")
+        return np.ones((len(batch), 2))
+
+    batcher = MicroBatcher(predict, max_batch=4, window_ms=1)
+    with pytest.raises(RuntimeError, match="model failed"):
+        batcher(np.zeros((2, 2, 1)))
+    assert batcher(np.zeros((2, 2, 1))).tolist() == [1.0, 1.0]
+
+
+def test_batched_and_unbatched_serving_give_the_same_probabilities(tiny_run, sample, client):
+    single = TestClient(create_app(tiny_run, engine="keras", load_in_background=False, max_batch=1))
+    image = next((sample / "COVID" / "images").glob("*.png")).read_bytes()
+    assert post(single, image).json()["probabilities"] == pytest.approx(post(client, image).json()["probabilities"],
+                                                                         abs=1e-6)

@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--engine", choices=["auto", "keras", "onnx"], default="auto")
     serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload (default 20 MB)")
+    serve.add_argument("--max-batch", type=int, default=16,
+                       help="run up to this many concurrent requests as one batch (default 16; 1: no batching)")
+    serve.add_argument("--batch-window-ms", type=float, default=5.0,
+                       help="how long the first request of a batch waits for others (default 5 ms)")
 
     export = commands.add_parser("export", help="export a trained model for inference without TensorFlow")
     export.add_argument("model", help="a model.keras file, or a run folder")
@@ -240,7 +244,8 @@ def run_explain(args: argparse.Namespace) -> int:
 def run_serve(args: argparse.Namespace) -> int:
     from cxr.serve import serve
 
-    serve(args.model, args.host, args.port, args.engine, int(args.max_upload_mb * 1024 * 1024))
+    serve(args.model, args.host, args.port, args.engine, int(args.max_upload_mb * 1024 * 1024), args.max_batch,
+          args.batch_window_ms)
     return 0
 
 

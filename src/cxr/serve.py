@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import io
 import os
+import queue
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +32,57 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 60_000_000  # about 7,700 x 7,700: any radiograph; a decompression bomb is far larger
 
 
+class MicroBatcher:
+    """Runs concurrent requests' images through the model together: the first image waits up to
+    `window_ms` for up to `max_batch - 1` others, then one batch runs and every caller gets its row.
+    Under load this replaces many small model calls competing for the cores with a few larger ones."""
+
+    def __init__(self, predict, max_batch: int = 16, window_ms: float = 5.0):
+        self.predict, self.max_batch, self.window = predict, max_batch, window_ms / 1000
+        self.queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, daemon=True, name="cxr-micro-batcher").start()
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities for one (size, size, 1) image, computed in a shared batch."""
+        future: Future = Future()
+        self.queue.put((image, future))
+        return future.result()
+
+    def _run(self) -> None:
+        while True:
+            items = [self.queue.get()]
+            deadline = time.perf_counter() + self.window
+            while len(items) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    items.append(self.queue.get(timeout=remaining))
+                except queue.Empty:
+                    break
+            batch = np.stack([image for image, _ in items])
+            # Pad to a power of two: a compiled model (Keras' predict step) then sees at most
+            # log2(max_batch) + 1 batch shapes instead of retracing for every new size.
+            size = min(1 << (len(items) - 1).bit_length(), max(self.max_batch, len(items)))
+            if size > len(items):
+                batch = np.concatenate([batch, np.zeros((size - len(items), *batch.shape[1:]), batch.dtype)])
+            try:
+                rows = np.asarray(self.predict(batch))
+            except Exception as error:  # every waiting request gets the error, the batcher goes on
+                for _, future in items:
+                    future.set_exception(error)
+                continue
+            for (_, future), row in zip(items, rows[:len(items)], strict=True):
+                future.set_result(row)
+
+
 class ServedModel:
     """The model behind the API, loaded in the background so that /healthz answers at once."""
 
-    def __init__(self, model: str | os.PathLike, engine: str = "auto"):
+    def __init__(self, model: str | os.PathLike, engine: str = "auto", max_batch: int = 16, window_ms: float = 5.0):
         path = Path(model)
+        self.max_batch, self.window_ms = max_batch, window_ms
+        self.batcher: MicroBatcher | None = None
         self.run_dir = path if path.is_dir() else path.parent
         self.model_path = path / "model.keras" if path.is_dir() else path
         self.engine = engine
@@ -53,6 +101,8 @@ class ServedModel:
         try:
             self.predictor = load_predictor(self.model_path, self.engine, echo=lambda _: None)
             self.model_id = files.sha256(self.predictor.path)[:12]  # hashed once, not per request
+            if self.max_batch > 1:
+                self.batcher = MicroBatcher(self.predictor.predict, self.max_batch, self.window_ms)
             self.temperature = read_temperature(self.model_path.with_suffix(".keras"))
         except Exception as error:  # reported by /readyz and every request instead of crashing the server
             self.error = f"{type(error).__name__}: {error}"
@@ -121,9 +171,13 @@ def check_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, str]:
 
 
 def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_pixels: int = MAX_PIXELS, load_in_background: bool = True):
-    """The FastAPI application serving `model` (a run folder, .keras or .onnx file)."""
-    served = ServedModel(model, engine)
+               max_pixels: int = MAX_PIXELS, load_in_background: bool = True, max_batch: int = 16,
+               window_ms: float = 5.0):
+    """The FastAPI application serving `model` (a run folder, .keras or .onnx file).
+
+    `max_batch` > 1 turns on micro-batching of concurrent requests (see MicroBatcher); 1 runs each
+    request's image alone, in the server's thread pool."""
+    served = ServedModel(model, engine, max_batch, window_ms)
     app = FastAPI(title="cxr", description="Chest X-ray classification. Research use only, not a medical device.")
     app.state.served = served
     if load_in_background:
@@ -173,7 +227,7 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
         started = time.perf_counter()
         predictor = current.predictor
         batch = resize_square(gray, predictor.image_size)[None, ..., None]
-        probabilities = np.asarray(predictor.predict(batch))[0]
+        probabilities = (current.batcher(batch[0]) if current.batcher else np.asarray(predictor.predict(batch))[0])
         result: dict[str, Any] = {
             "model_id": current.model_id, "engine": predictor.engine,
             "predicted": predictor.classes[int(probabilities.argmax())], "probability": float(probabilities.max()),
@@ -198,10 +252,11 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
 
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
-          max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+          max_upload_bytes: int = MAX_UPLOAD_BYTES, max_batch: int = 16, window_ms: float = 5.0) -> None:
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}, reachable from other machines; there is no authentication")
-    uvicorn.run(create_app(model, engine, max_upload_bytes), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(model, engine, max_upload_bytes, max_batch=max_batch, window_ms=window_ms), host=host,
+                port=port, log_level="info")
 
