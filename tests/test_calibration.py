@@ -105,3 +105,11 @@ def test_evaluate_accepts_bootstrap_settings(tiny_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "test metrics with 30 stratified bootstrap resamples" in out and "95 % bootstrap intervals" in out
     assert json.loads((copy / "eval-2" / "metrics.json").read_text())["clinical"]["bootstrap"]["seed"] == 4
+
+
+def test_evaluate_without_intervals_prints_the_values_alone(tiny_run, tmp_path, capsys):
+    copy = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    assert main(["evaluate", str(copy), "--bootstrap", "0"]) == 0
+    accuracy = json.loads((copy / "eval-2" / "metrics.json").read_text())["clinical"]["overall"]["accuracy"]
+    assert accuracy["ci_low"] is None
+    assert f"accuracy {accuracy['value']:.3f};" in capsys.readouterr().out

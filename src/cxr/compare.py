@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.errors import UserError
+from cxr.metrics import format_interval
 
 HEADLINE = [("accuracy", "overall", "accuracy"), ("balanced accuracy", "overall", "balanced_accuracy"),
             ("macro F1", "macro", "f1"), ("macro ROC AUC", "macro", "roc_auc"), ("macro PR AUC", "macro", "pr_auc"),
@@ -26,14 +27,6 @@ def latest_metrics(run: str | os.PathLike) -> tuple[Path, dict]:
     return newest, json.loads((newest / "metrics.json").read_text(encoding="utf-8"))
 
 
-def _cell(entry: dict | None) -> str:
-    if not entry or entry.get("value") is None:
-        return "n/a"
-    if entry.get("ci_low") is None:
-        return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f} ({entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
-
-
 def compare_runs(runs: list[str | os.PathLike]) -> pd.DataFrame:
     """One column per run, one row per headline metric (test split), as text with intervals."""
     columns = {}
@@ -43,7 +36,7 @@ def compare_runs(runs: list[str | os.PathLike]) -> pd.DataFrame:
         column = {"evaluation": folder.name,
                   "test images": str(metrics.get("splits", {}).get("test", {}).get("images", "n/a"))}
         for label, group, name in HEADLINE:
-            column[label] = _cell(clinical.get(group, {}).get(name)) if clinical else "n/a (evaluate again)"
+            column[label] = format_interval(clinical.get(group, {}).get(name)) if clinical else "n/a (evaluate again)"
         calibration = metrics.get("calibration")
         column["ECE before -> after"] = (f"{calibration['test_ece_before']:.3f} -> {calibration['test_ece_after']:.3f}"
                                          if calibration else "n/a")

@@ -20,7 +20,7 @@ from cxr.checkpoint import state_path
 from cxr.data.batches import label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.split import SPLITS, read_split
-from cxr.metrics import clinical_metrics, per_class_frame
+from cxr.metrics import clinical_metrics, format_interval, per_class_frame
 from cxr.model import load_model, predict_array
 from cxr.plots import (
     plot_confusion_matrix,
@@ -163,7 +163,7 @@ def evaluate_run(
              f"accuracy {values['accuracy']:.4f}")
     if "clinical" in metrics:
         echo("  test, 95 % bootstrap intervals: " + "; ".join(
-            f"{label} {_with_interval(entry)}" for label, entry in (
+            f"{label} {format_interval(entry, missing='undefined')}" for label, entry in (
                 ("accuracy", metrics["clinical"]["overall"]["accuracy"]),
                 ("balanced accuracy", metrics["clinical"]["overall"]["balanced_accuracy"]),
                 ("macro F1", metrics["clinical"]["macro"]["f1"]),
@@ -212,12 +212,6 @@ def _gradcam_grid(model, images: np.ndarray, frame: pd.DataFrame, test: tuple[np
                f"{'right' if predicted[i] == truth[i] else 'WRONG'}: {classes[truth[i]]} -> {classes[predicted[i]]} "
                f"{confidence[i]:.2f}\n{Path(frame['file'].iloc[i]).name}") for i in chosen]
     return plot_gradcam_grid(panels, path)
-
-
-def _with_interval(entry: dict) -> str:
-    if entry["value"] is None:
-        return "undefined"
-    return f"{entry['value']:.3f} ({entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
 
 
 def _calibrate(run_dir: Path, model_path: Path, val: tuple[np.ndarray, np.ndarray],

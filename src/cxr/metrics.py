@@ -137,6 +137,16 @@ def per_class_frame(result: dict) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
+def format_interval(entry: dict | None, missing: str = "n/a") -> str:
+    """'0.844 (0.733-0.933)' for a `clinical_metrics` entry; the value alone without an interval
+    (--bootstrap 0); `missing` when the metric is undefined."""
+    if not entry or entry.get("value") is None:
+        return missing
+    if entry.get("ci_low") is None:
+        return f"{entry['value']:.3f}"
+    return f"{entry['value']:.3f} ({entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
+
+
 def _json_number(value: float) -> float | None:
     """NaN is not JSON: an undefined metric is written as null."""
     return None if np.isnan(value) else float(value)
