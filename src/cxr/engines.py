@@ -35,6 +35,12 @@ class Predictor:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+def model_file(model: str | os.PathLike) -> Path:
+    """The model file a command was given: a run folder means its model.keras."""
+    path = Path(model)
+    return path / "model.keras" if path.is_dir() else path
+
+
 def model_classes(model_path: str | os.PathLike, n_outputs: int) -> list[str]:
     """Class names from the run's config.yaml beside the model; generic names if there is none."""
     config_path = Path(model_path).parent / "config.yaml"
@@ -126,9 +132,7 @@ def _load_predictor(
         if engine == "onnx" or Path(model).suffix == ".onnx":
             raise UserError(f"ONNX models compute in fp32; {precision} needs the keras engine and a .keras file")
         engine = "keras"
-    path = Path(model)
-    if path.is_dir():
-        path = path / "model.keras"
+    path = model_file(model)
     keras_path, onnx_path = path.with_suffix(".keras"), path.with_suffix(".onnx")
     if path.suffix == ".onnx" and engine == "keras":
         raise UserError(f"{path} is an ONNX model; use --engine onnx or give the .keras file")

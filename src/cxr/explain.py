@@ -20,7 +20,7 @@ import pandas as pd
 from cxr import files
 from cxr.backend import gradient
 from cxr.data.images import read_gray, resize_square
-from cxr.engines import model_classes
+from cxr.engines import model_classes, model_file
 from cxr.errors import ImageError, UserError
 from cxr.model import LAST_CONV_LAYER, load_model
 
@@ -93,9 +93,7 @@ def explain_files(model_path: str | os.PathLike, paths: list[str | os.PathLike],
     """
     from cxr.predict import find_images
 
-    model_path = Path(model_path)
-    if model_path.is_dir():
-        model_path = model_path / "model.keras"
+    model_path = model_file(model_path)
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new folder for the explanations")

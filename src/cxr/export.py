@@ -65,13 +65,11 @@ def export_onnx(
     (so a model trained further after the export is not served from a stale ONNX file). Raises
     ExportError when ONNX Runtime's outputs differ from Keras' by more than 1e-4 on the probe images.
     """
-    from cxr.engines import model_classes
+    from cxr.engines import model_classes, model_file
     from cxr.model import load_model, predict_array
     from cxr.precision import with_precision
 
-    model_path = Path(model_path)
-    if model_path.is_dir():
-        model_path = model_path / "model.keras"
+    model_path = model_file(model_path)
     out = Path(out) if out is not None else model_path.with_suffix(".onnx")
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose another file with --out")

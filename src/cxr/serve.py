@@ -24,8 +24,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
 from cxr import files
-from cxr.data.dicom import is_dicom
 from cxr.data.images import decode_gray, image_format, resize_square
+from cxr.engines import model_file
 from cxr.errors import ImageError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -80,11 +80,10 @@ class ServedModel:
     """The model behind the API, loaded in the background so that /healthz answers at once."""
 
     def __init__(self, model: str | os.PathLike, engine: str = "auto", max_batch: int = 16, window_ms: float = 5.0):
-        path = Path(model)
         self.max_batch, self.window_ms = max_batch, window_ms
         self.batcher: MicroBatcher | None = None
-        self.run_dir = path if path.is_dir() else path.parent
-        self.model_path = path / "model.keras" if path.is_dir() else path
+        self.model_path = model_file(model)
+        self.run_dir = self.model_path.parent
         self.engine = engine
         self.predictor = None
         self.error: str | None = None
@@ -143,7 +142,7 @@ def _latest_evaluation(run_dir: Path) -> dict | None:
 
 def image_size_of(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the header alone, without decoding the pixels."""
-    if is_dicom(data):
+    if image_format(data) == "DICOM":
         import pydicom
 
         header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
@@ -156,7 +155,7 @@ def check_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, str]:
     """(status, message) for an upload that must be refused, or (200, kind) for one to decode."""
     if not data:
         return 422, "empty file"
-    kind = "DICOM" if is_dicom(data) else image_format(data)
+    kind = image_format(data)
     if kind is None:
         return 415, "not a PNG, JPEG or DICOM image (judged by content, not by file name)"
     try:

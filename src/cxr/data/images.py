@@ -27,6 +27,9 @@ _SIGNATURES = {
 
 
 def image_format(data: bytes) -> str | None:
+    """"PNG", "JPEG", "BMP", "TIFF" or "DICOM" by the file's content; None for anything else."""
+    if is_dicom(data):
+        return "DICOM"
     for signature, name in _SIGNATURES.items():
         if data.startswith(signature):
             return name
@@ -63,9 +66,9 @@ def decode_gray(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
     """Decode image bytes into a uint8 grayscale array (H, W); raise ImageError if impossible."""
     if len(data) == 0:
         raise ImageError(path, "empty file")
-    if is_dicom(data):
-        return decode_dicom(data, path)
     kind = image_format(data)
+    if kind == "DICOM":
+        return decode_dicom(data, path)
     if kind is None:
         raise ImageError(path, "not an image (unrecognised content)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
