@@ -127,7 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cxr-serve-load-") as name:
         run = make_run(Path(name))
         rows = {label: phase(run, images, max_batch, args.clients, args.requests, args.max_seconds, args.engine)
-                for label, max_batch in (("micro-batching (up to 16, 5 ms)", 16), ("one request at a time", 1))}
+                for label, max_batch in (("micro-batching (up to 16, 5 ms)", 16), ("no batching (thread pool)", 1))}
     import onnxruntime
 
     print(f"\n{args.clients} clients x {args.requests} requests, DenseNet169 224 px on {args.engine}, "

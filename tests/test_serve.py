@@ -37,6 +37,7 @@ def test_health_readiness_and_model_description(client):
     info = client.get("/v1/model").json()
     assert info["classes"] == CLASSES and info["input_size"] == 32 and info["engine"] == "keras"
     assert info["test_metrics"]["overall_accuracy"]["ci_low"] is not None and len(info["model_id"]) == 12
+    assert info["max_batch"] == 1  # no GPU here: batching would only add waiting on CPU cores
 
 
 def test_a_real_radiograph_is_classified_with_calibrated_probabilities(client, sample):
@@ -159,7 +160,16 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
 
 
 def test_batched_and_unbatched_serving_give_the_same_probabilities(tiny_run, sample, client):
-    single = TestClient(create_app(tiny_run, engine="keras", load_in_background=False, max_batch=1))
+    batched = TestClient(create_app(tiny_run, engine="keras", load_in_background=False, max_batch=4))
+    assert batched.get("/v1/model").json()["max_batch"] == 4
     image = next((sample / "COVID" / "images").glob("*.png")).read_bytes()
-    assert post(single, image).json()["probabilities"] == pytest.approx(post(client, image).json()["probabilities"],
-                                                                         abs=1e-6)
+    assert post(batched, image).json()["probabilities"] == pytest.approx(post(client, image).json()["probabilities"],
+                                                                          abs=1e-6)
+
+
+def test_micro_batching_is_on_by_default_only_for_keras_on_an_accelerator(monkeypatch):
+    from cxr import backend, serve
+
+    assert serve.default_max_batch("onnx") == 1 and serve.default_max_batch("keras") == 1
+    monkeypatch.setattr(backend, "accelerators", lambda: ["gpu:0"])
+    assert serve.default_max_batch("keras") == 16 and serve.default_max_batch("onnx") == 1

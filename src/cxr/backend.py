@@ -1,4 +1,4 @@
-"""What must differ per Keras backend: deterministic kernels, the compiled-program cache, gradients."""
+"""What must differ per Keras backend: deterministic kernels, the compiled-program cache, gradients, devices."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def enable_compilation_cache(folder: str | os.PathLike) -> bool:
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)  # small programs compile faster than they load
     return True
+
+
+def accelerators() -> list[str]:
+    """The local GPUs or TPUs the active backend sees ("gpu:0", ...); empty on a CPU-only machine."""
+    return [device for device in keras.distribution.list_devices() if not device.startswith("cpu")]
 
 
 def gradient(function, x: np.ndarray):

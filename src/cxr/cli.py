@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--engine", choices=["auto", "keras", "onnx"], default="auto")
     serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload (default 20 MB)")
-    serve.add_argument("--max-batch", type=int, default=16,
-                       help="run up to this many concurrent requests as one batch (default 16; 1: no batching)")
+    serve.add_argument("--max-batch", type=int, default=None,
+                       help="run up to this many concurrent requests as one batch (1: no batching; default 16 "
+                            "on a GPU, 1 on CPU, where one image already keeps every core busy)")
     serve.add_argument("--batch-window-ms", type=float, default=5.0,
                        help="how long the first request of a batch waits for others (default 5 ms)")
 

@@ -79,7 +79,8 @@ class MicroBatcher:
 class ServedModel:
     """The model behind the API, loaded in the background so that /healthz answers at once."""
 
-    def __init__(self, model: str | os.PathLike, engine: str = "auto", max_batch: int = 16, window_ms: float = 5.0):
+    def __init__(self, model: str | os.PathLike, engine: str = "auto", max_batch: int | None = None,
+                 window_ms: float = 5.0):
         self.max_batch, self.window_ms = max_batch, window_ms
         self.batcher: MicroBatcher | None = None
         self.model_path = model_file(model)
@@ -100,6 +101,8 @@ class ServedModel:
         try:
             self.predictor = load_predictor(self.model_path, self.engine, echo=lambda _: None)
             self.model_id = files.sha256(self.predictor.path)[:12]  # hashed once, not per request
+            if self.max_batch is None:
+                self.max_batch = default_max_batch(self.predictor.engine)
             if self.max_batch > 1:
                 self.batcher = MicroBatcher(self.predictor.predict, self.max_batch, self.window_ms)
             self.temperature = read_temperature(self.model_path.with_suffix(".keras"))
@@ -120,7 +123,7 @@ class ServedModel:
         predictor = self.predictor
         info = {"model": str(self.model_path), "model_id": self.model_id,
                 "engine": predictor.engine, "classes": predictor.classes, "input_size": predictor.image_size,
-                "precision": predictor.precision, "temperature": self.temperature,
+                "precision": predictor.precision, "temperature": self.temperature, "max_batch": self.max_batch,
                 "trained": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.model_path.stat().st_mtime))}
         evaluation = _latest_evaluation(self.run_dir)
         if evaluation:
@@ -129,6 +132,17 @@ class ServedModel:
                                     **{f"{group}_{name}": value for group in ("overall", "macro")
                                        for name, value in clinical.get(group, {}).items()}}
         return info
+
+
+def default_max_batch(engine: str) -> int:
+    """16 for Keras on a GPU, where a batch costs little more than one image; 1 on CPU (and for ONNX
+    Runtime, which runs on the CPU), where one image already keeps every core busy and batching only
+    adds waiting (benchmarks/serve_load.py measured 0.89x the throughput on 2 cores)."""
+    if engine != "keras":
+        return 1
+    from cxr.backend import accelerators
+
+    return 16 if accelerators() else 1
 
 
 def _latest_evaluation(run_dir: Path) -> dict | None:
@@ -170,12 +184,12 @@ def check_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, str]:
 
 
 def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_pixels: int = MAX_PIXELS, load_in_background: bool = True, max_batch: int = 16,
+               max_pixels: int = MAX_PIXELS, load_in_background: bool = True, max_batch: int | None = None,
                window_ms: float = 5.0):
     """The FastAPI application serving `model` (a run folder, .keras or .onnx file).
 
     `max_batch` > 1 turns on micro-batching of concurrent requests (see MicroBatcher); 1 runs each
-    request's image alone, in the server's thread pool."""
+    request's image alone, in the server's thread pool; None chooses by device (default_max_batch)."""
     served = ServedModel(model, engine, max_batch, window_ms)
     app = FastAPI(title="cxr", description="Chest X-ray classification. Research use only, not a medical device.")
     app.state.served = served
@@ -251,7 +265,7 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
 
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
-          max_upload_bytes: int = MAX_UPLOAD_BYTES, max_batch: int = 16, window_ms: float = 5.0) -> None:
+          max_upload_bytes: int = MAX_UPLOAD_BYTES, max_batch: int | None = None, window_ms: float = 5.0) -> None:
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
