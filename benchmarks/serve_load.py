@@ -1,5 +1,6 @@
 """Load on `cxr serve`: 20 concurrent clients x 50 requests with real radiographs, with and without
-micro-batching; throughput, p50/p99 latency and errors (which must be 0).
+micro-batching, and one client alone as the baseline; throughput, p50/p99 latency and errors (which must
+be 0).
 
 The served model is the real DenseNet169 classifier at 224 px with random weights, exported to ONNX as
 `cxr export` does (the engine a CPU server uses; `--engine keras` serves the .keras file instead).
@@ -126,8 +127,12 @@ def main() -> None:
     images = [f.read_bytes() for f in files]
     with tempfile.TemporaryDirectory(prefix="cxr-serve-load-") as name:
         run = make_run(Path(name))
-        rows = {label: phase(run, images, max_batch, args.clients, args.requests, args.max_seconds, args.engine)
-                for label, max_batch in (("micro-batching (up to 16, 5 ms)", 16), ("no batching (thread pool)", 1))}
+        # The one-client phase is the baseline that shows whether throughput grows with load.
+        phases = (("micro-batching (up to 16, 5 ms)", 16, args.clients), ("no batching (thread pool)", 1, args.clients),
+                  ("one client, no batching", 1, 1))
+        rows = {label: {"clients": clients, **phase(run, images, max_batch, clients, args.requests, args.max_seconds,
+                                                    args.engine)}
+                for label, max_batch, clients in phases}
     import onnxruntime
 
     print(f"\n{args.clients} clients x {args.requests} requests, DenseNet169 224 px on {args.engine}, "

@@ -135,9 +135,9 @@ class ServedModel:
 
 
 def default_max_batch(engine: str) -> int:
-    """16 for Keras on a GPU, where a batch costs little more than one image; 1 on CPU (and for ONNX
+    """16 for Keras on a GPU, whose throughput grows with batch size; 1 on CPU (and for ONNX
     Runtime, which runs on the CPU), where one image already keeps every core busy and batching only
-    adds waiting (benchmarks/serve_load.py measured 0.89x the throughput on 2 cores)."""
+    adds waiting (benchmarks/serve_load.py measured 0.75-1.01x the throughput on 2 cores)."""
     if engine != "keras":
         return 1
     from cxr.backend import accelerators
