@@ -101,6 +101,8 @@ class ServedModel:
         try:
             self.predictor = load_predictor(self.model_path, self.engine, echo=lambda _: None)
             self.model_id = files.sha256(self.predictor.path)[:12]  # hashed once, not per request
+            size = self.predictor.image_size  # the first call compiles: pay it before /readyz says ready
+            self.predictor.predict(np.zeros((1, size, size, 1), np.uint8))
             if self.max_batch is None:
                 self.max_batch = default_max_batch(self.predictor.engine)
             if self.max_batch > 1:
