@@ -9,7 +9,10 @@ the median over --repeats timed epochs of --steps steps each, after a first epoc
 building. cxr's cache is built before its run starts, as it is for every epoch but the first of a real run
 (benchmarks/input_pipeline.py times the decoding itself).
 
-    .venv/bin/python benchmarks/training.py [--sizes 128,224] [--steps 3] [--repeats 5]
+    .venv/bin/python benchmarks/training.py [--sizes 128,224] [--steps 3] [--repeats 5] [--pipelines ...]
+
+The -all pipelines train data parallel on every local device (batch 16 per device) and report their
+scaling efficiency against the same precision on one device.
 
 Prints a table and writes benchmarks/results/training-<time>.json.
 """
@@ -32,7 +35,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 BATCH = 16
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
-PIPELINES = ("reference", "cxr-fp32", "cxr-bf16")
+# "-all": data parallel over every local device (cxr.distribute), batch 16 per device.
+PIPELINES = ("reference", "cxr-fp32", "cxr-bf16", "cxr-fp32-all", "cxr-bf16-all")
 
 
 def image_files(data: Path) -> tuple[list[str], list[int]]:
@@ -45,22 +49,30 @@ def worker(pipeline: str, size: int, data: Path, cache: Path, steps: int, repeat
     import keras
 
     started = time.perf_counter()
+    batch, devices = BATCH, 1
     if pipeline == "reference":
         from reference_pipeline import dataset_frame, flow, reference_model
 
         batches = flow(dataset_frame(data), size, train=True, batch_size=BATCH, seed=0)
         model = reference_model(len(CLASSES), size, weights=None)
     else:
+        from cxr import distribute
         from cxr.backend import enable_compilation_cache
         from cxr.data.batches import ImageBatches
         from cxr.data.cache import cached_images
         from cxr.model import build_model, compile_model
 
         enable_compilation_cache(cache / "xla")  # as `cxr train` does (JAX only)
+        placement = distribute.plan("auto" if pipeline.endswith("-all") else "none")
+        batch, devices = BATCH * placement.replicas, placement.replicas
         files, labels = image_files(data)
         images = cached_images(cache, data, files, size, progress=False, echo=lambda _: None)
-        batches = ImageBatches(images, labels, len(CLASSES), BATCH, shuffle=True, seed=0)
-        model = compile_model(build_model(len(CLASSES), size, weights="none", precision=pipeline.split("-")[1]))
+        batches = ImageBatches(images, labels, len(CLASSES), batch, shuffle=True, seed=0,
+                               multiple_of=placement.batch_multiple)
+        with placement.scope():
+            model = compile_model(build_model(len(CLASSES), size, weights="none", precision=pipeline.split("-")[1]))
+        distribute.synchronize_batch_norm(model, placement)
+        steps = min(steps, len(images) // batch)
     built = time.perf_counter()
 
     marks: dict[str, list[float]] = {"epoch_begin": [], "epoch_end": [], "first_step": []}
@@ -75,12 +87,12 @@ def worker(pipeline: str, size: int, data: Path, cache: Path, steps: int, repeat
         on_train_batch_end=first_step)
     fit_start = time.perf_counter()
     model.fit(batches, epochs=1 + repeats, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[timer])
-    rates = [steps * BATCH / (end - begin) for begin, end in zip(marks["epoch_begin"][1:], marks["epoch_end"][1:],
+    rates = [steps * batch / (end - begin) for begin, end in zip(marks["epoch_begin"][1:], marks["epoch_end"][1:],
                                                                     strict=True)]
     return {"pipeline": pipeline, "image_size": size, "images_per_s": rates, "median_images_per_s":
             statistics.median(rates), "build_s": built - started, "first_step_s": marks["first_step"][0] - fit_start,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "backend": keras.backend.backend()}
+            "backend": keras.backend.backend(), "devices": devices, "batch": batch}
 
 
 def main() -> None:
@@ -137,9 +149,16 @@ def run(args: argparse.Namespace, work: Path) -> None:
             reference = [r for r in rows + [row] if r["pipeline"] == "reference" and r["image_size"] == size]
             ratio = row["median_images_per_s"] / reference[0]["median_images_per_s"] if reference else None
             row["ratio_to_reference"] = ratio
+            # Scaling efficiency: images/s on every device over (devices x images/s on one), same precision.
+            one = [r for r in rows if r["pipeline"] == pipeline.removesuffix("-all") and r["image_size"] == size]
+            efficiency = (row["median_images_per_s"] / (row["devices"] * one[0]["median_images_per_s"])
+                          if pipeline.endswith("-all") and one else None)
+            row["scaling_efficiency"] = efficiency
             rows.append(row)
-            print(f"{size:>4} px  {pipeline:<10} {row['backend']:<10} {row['median_images_per_s']:8.1f} img/s  "
+            print(f"{size:>4} px  {pipeline:<12} {row['backend']:<10} {row['devices']} dev  batch {row['batch']:<4} "
+                  f"{row['median_images_per_s']:8.1f} img/s  "
                   + (f"{ratio:5.2f}x  " if ratio else "")
+                  + (f"scaling {efficiency:4.2f}  " if efficiency else "")
                   + f"first step {row['first_step_s']:6.1f} s  peak {row['peak_rss_mib']:7.0f} MiB", flush=True)
     versions = {name: importlib.metadata.version(name) for name in ("keras", "tensorflow-cpu", "tensorflow", "jax")
                 if _installed(name)}

@@ -77,6 +77,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bn-momentum", type=float,
                        help="backbone batch-norm momentum (default: Keras' 0.99; 0.9 for short runs from scratch)")
     add_bootstrap_options(train)
+    parallel = train.add_argument_group("several devices and hosts (see README: Training on GPUs and clusters)")
+    parallel.add_argument("--distribute", choices=["auto", "none"],
+                          help="auto (default): data parallel over every local GPU and every process of the job; "
+                               "none: one device")
+    parallel.add_argument("--per-device-batch", type=int, metavar="N",
+                          help="global batch = N x devices (default: the global batch is --batch-size)")
+    parallel.add_argument("--scale-learning-rate", action="store_true", default=None,
+                          help="multiply the learning rate by global batch / --batch-size (linear scaling rule)")
+    parallel.add_argument("--coordinator", metavar="HOST:PORT",
+                          help="JAX only: process 0's address, to join a job of several processes "
+                               "(or KERAS_DISTRIBUTION_JOB_ADDRESSES)")
+    parallel.add_argument("--num-processes", type=int,
+                          help="processes in the job (or KERAS_DISTRIBUTION_NUM_PROCESSES)")
+    parallel.add_argument("--process-id", type=int,
+                          help="this process's number, 0 to N-1; 0 writes the run (or KERAS_DISTRIBUTION_PROCESS_ID)")
     control = train.add_argument_group("learning-rate controller and training control (the reference's callback)")
     control.add_argument("--threshold", type=float,
                          help="monitor training accuracy until it reaches this, then val_loss (default 0.9)")
@@ -179,7 +194,10 @@ def run_train(args: argparse.Namespace) -> int:
     names = DATA_SETTINGS + ["split", "name", "runs_dir", "epochs", "batch_size", "image_size",
                              "learning_rate", "weights", "backbone", "bn_momentum", "threshold", "patience",
                              "factor", "stop_patience", "dwell", "ask_epoch", "deterministic", "precision",
-                             "bootstrap", "bootstrap_seed"]
+                             "bootstrap", "bootstrap_seed", "distribute", "per_device_batch", "scale_learning_rate"]
+    from cxr.distribute import join_processes
+
+    join_processes(args.coordinator, args.num_processes, args.process_id)  # before anything starts JAX
     if args.resume:
         from cxr.train import resume
 

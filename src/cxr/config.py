@@ -52,6 +52,12 @@ class Config:
     ask_epoch: int | None = 5  # ask whether to go on after this epoch (terminal only); 0/null: never
     deterministic: bool = False  # deterministic kernels: same seed, same history (can be slower on GPU)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (Keras mixed precision: float32 weights, bf16/fp16 compute)
+    # Data parallelism (see cxr.distribute): auto uses every local GPU (and every process of a job);
+    # the global batch is per_device_batch x devices when set, else batch_size; scale_learning_rate
+    # multiplies the rate by global batch / batch_size (the linear scaling rule).
+    distribute: str = "auto"
+    per_device_batch: int | None = None
+    scale_learning_rate: bool = False
     bootstrap: int = 1000  # stratified bootstrap resamples for the test metrics' 95 % intervals (0: none)
     bootstrap_seed: int = 0
 
@@ -101,6 +107,11 @@ class Config:
         need(integer(self.bootstrap, 0), f"bootstrap must be an integer of 0 or more, got {self.bootstrap!r}")
         need(integer(self.bootstrap_seed, 0),
              f"bootstrap_seed must be a non-negative integer, got {self.bootstrap_seed!r}")
+        need(self.distribute in ("auto", "none"), f"distribute must be auto or none, got {self.distribute!r}")
+        need(self.per_device_batch is None or integer(self.per_device_batch, 1),
+             f"per_device_batch must be empty or a positive integer, got {self.per_device_batch!r}")
+        need(isinstance(self.scale_learning_rate, bool),
+             f"scale_learning_rate must be true or false, got {self.scale_learning_rate!r}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         return self
 

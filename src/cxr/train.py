@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from cxr import files
+from cxr import distribute, files
 from cxr.adaptive import AdaptiveLR, AskToContinue, current_learning_rate
 from cxr.backend import enable_compilation_cache, enable_determinism
 from cxr.callbacks import EpochLog
@@ -45,6 +46,13 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
         if folder and not Path(folder).expanduser().is_dir():
             raise DatasetError(f"{kind} folder not found: {folder}")
     resolve_weights(config.weights, config.backbone)
+    placement = distribute.plan(config.distribute)
+    distribute.global_batch(config.batch_size, config.per_device_batch, placement.replicas)  # fails fast
+    if not placement.chief:  # the same split from the same data and seed; process 0 writes the run
+        split = prepare_split(config, False, _quiet)
+        resolved = Config(**{**config.to_dict(), "data": split.root, "classes": split.classes})
+        with tempfile.TemporaryDirectory(prefix="cxr-worker-") as scratch:
+            return _fit_and_evaluate(Path(scratch), resolved, split, None, False, _quiet, None, placement=placement)
     split = prepare_split(config, progress, echo)
     run_dir = files.new_run_dir(config.runs_dir, config.name)
     with lock_run(run_dir):
@@ -58,7 +66,7 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
         empty = [name for name in SPLITS if len(split.frames[name]) == 0]
         if empty:
             raise DatasetError(f"the {', '.join(empty)} split(s) are empty: the dataset is too small to split")
-        return _fit_and_evaluate(run_dir, resolved, split, None, progress, echo, read)
+        return _fit_and_evaluate(run_dir, resolved, split, None, progress, echo, read, placement=placement)
 
 
 COMPLETE = ("finished", "halted", "stopped early")  # statuses after which training ended by design
@@ -73,6 +81,9 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
     """
     run_dir = Path(run_dir)
     config = Config(**read_run_config(run_dir)).validate()
+    placement = distribute.plan(config.distribute)
+    if not placement.chief:
+        return _resume_worker(run_dir, config, placement, epochs, learning_rate)
     with lock_run(run_dir):
         state = read_state(run_dir)
         if state is None and any((run_dir / name).exists() for name in ("history.csv", "model.keras")):
@@ -101,48 +112,92 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
         echo(f"resuming {run_dir} after epoch {done} of {config.epochs}"
              + (": training is complete, evaluating it" if finalize else ""))
         return _fit_and_evaluate(run_dir, config, split, state, progress, echo, read,
-                                 learning_rate=learning_rate, finalize=finalize)
+                                 learning_rate=learning_rate, finalize=finalize, placement=placement)
+
+
+def _resume_worker(run_dir: Path, config: Config, placement: distribute.Plan, epochs: int | None,
+                   learning_rate: float | None) -> None:
+    """A process other than 0 resuming with it: the same state, read-only (process 0 checks and writes)."""
+    state = read_state(run_dir)
+    if state is None or (epochs is None and (state.get("status") in COMPLETE or state["epoch"] >= config.epochs)):
+        return None  # process 0 reports why there is nothing to train
+    if epochs is not None:
+        config.epochs = epochs
+        state["adaptive"].update(wait=0, reductions=0)
+    with tempfile.TemporaryDirectory(prefix="cxr-worker-") as scratch:
+        return _fit_and_evaluate(Path(scratch), config, read_split(run_dir / "split"), state, False, _quiet, None,
+                                 learning_rate=learning_rate, placement=placement, source=run_dir)
+
+
+def _quiet(_: str) -> None:
+    """Processes other than 0 print nothing: process 0 speaks for the job."""
 
 
 def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[str, Any] | None,
                       progress: bool, echo, read: Reader | None, learning_rate: float | None = None,
-                      finalize: bool = False) -> Path:
+                      finalize: bool = False, placement: distribute.Plan | None = None,
+                      source: Path | None = None) -> Path | None:
+    """Train, then evaluate in process 0. A process other than 0 writes into a scratch `run_dir`:
+    saving a model is a collective step in a JAX job, so every process saves when process 0 does.
+    `source` is the run whose checkpoints a resume starts from (default `run_dir`)."""
     classes = split.classes
+    placement = placement or distribute.Plan(("cpu:0",))
+    batch = distribute.global_batch(config.batch_size, config.per_device_batch, placement.replicas)
+    # In a job of several processes each decodes only its shard of train and val, and process 0
+    # evaluates on its own afterwards; one process decodes every split once, for both.
+    frames = ({name: split.frames[name].iloc[placement.shard(len(split.frames[name]))] for name in ("train", "val")}
+              if placement.process_count > 1 else split.frames)
     try:
-        cache_dir = resolve_cache_dir(config.cache_dir, run_dir.parent)
-        arrays = {name: load_split_images(cache_dir, split.root, split.frames[name]["file"], config.image_size,
+        cache_dir = resolve_cache_dir(config.cache_dir, (source or run_dir).parent if placement.chief or source
+                                      else Path(config.runs_dir))
+        arrays = {name: load_split_images(cache_dir, split.root, frame["file"], config.image_size,
                                           config.workers, progress, desc=f"decode {name}", echo=echo)
-                  for name in SPLITS}
+                  for name, frame in frames.items()}
     except KeyboardInterrupt:
         raise TrainingStopped(f"interrupted before training; resume with: cxr train --resume {run_dir}",
                               "interrupted", 130) from None
-    labels = {name: label_indices(split.frames[name]["label"], classes) for name in SPLITS}
+    labels = {name: label_indices(frame["label"], classes) for name, frame in frames.items()}
 
     if config.deterministic:
         enable_determinism()
     if cache_dir is not None:
         enable_compilation_cache(cache_dir / "xla")
     keras.utils.set_random_seed(config.seed)
-    folder = run_dir / "checkpoints"
+    folder = (source or run_dir) / "checkpoints"
     best_weights = None
-    if state:
-        model = load_model(folder / state["model"])  # weights, optimizer state and learning rate
-        set_seed_states(model, state["seed_states"])
-        if state.get("best_model"):
-            best_weights = load_model(folder / state["best_model"]).get_weights()
-        if learning_rate is not None:
-            echo(f"learning rate {current_learning_rate(model):.2e} -> {learning_rate:.2e}")
-            model.optimizer.learning_rate = learning_rate
-    else:
-        note = hardware_note(config.precision)
-        if note:
-            echo(f"note: {note}")
-        model = build_model(len(classes), config.image_size, config.weights, config.backbone, config.bn_momentum,
-                            config.precision)
-        compile_model(model, config.learning_rate)
-    train_batches = ImageBatches(arrays["train"], labels["train"], len(classes), config.batch_size,
-                                 shuffle=True, seed=config.seed)
-    val_batches = ImageBatches(arrays["val"], labels["val"], len(classes), config.batch_size)
+    with placement.scope():
+        if state:
+            model = load_model(folder / state["model"])  # weights, optimizer state and learning rate
+            set_seed_states(model, state["seed_states"])
+            if state.get("best_model"):
+                best_weights = load_model(folder / state["best_model"]).get_weights()
+            if learning_rate is not None:
+                echo(f"learning rate {current_learning_rate(model):.2e} -> {learning_rate:.2e}")
+                model.optimizer.learning_rate = learning_rate
+        else:
+            note = hardware_note(config.precision)
+            if note:
+                echo(f"note: {note}")
+            model = build_model(len(classes), config.image_size, config.weights, config.backbone,
+                                config.bn_momentum, config.precision)
+            rate = config.learning_rate
+            if config.scale_learning_rate and batch != config.batch_size:
+                rate = distribute.scaled_learning_rate(config.learning_rate, config.batch_size, batch)
+                echo(f"learning rate {config.learning_rate:.2e} x {batch}/{config.batch_size} = {rate:.2e} "
+                     "(linear scaling rule)")
+            compile_model(model, rate)
+    distribute.synchronize_batch_norm(model, placement)
+    per_process = batch // placement.process_count
+    train_batches = ImageBatches(arrays["train"], labels["train"], len(classes), per_process,
+                                 shuffle=True, seed=config.seed + placement.process_id,
+                                 multiple_of=placement.batch_multiple)
+    val_batches = ImageBatches(arrays["val"], labels["val"], len(classes), per_process,
+                               multiple_of=placement.batch_multiple)
+    for name, batches in (("train", train_batches), ("val", val_batches)):
+        if batches.used < len(batches.images):
+            echo(f"note: each epoch uses {batches.used} of this process's {len(batches.images)} {name} images: a "
+                 f"short last batch is cut to a multiple of the {placement.batch_multiple} devices it is split over "
+                 "(the final evaluation uses every image)")
 
     adaptive = AdaptiveLR(config.threshold, config.patience, config.factor, config.stop_patience, config.dwell)
     if state:
@@ -150,20 +205,24 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
     log = EpochLog(config.epochs, echo, adaptive, rows=state["history"] if state else None)
     checkpoint = RunCheckpoint(run_dir, config.epochs, log, adaptive, state=state, ask_epoch=config.ask_epoch)
     signals = StopSignals(on_second=lambda: _resume_hint(run_dir, checkpoint))
-    if read is None and config.ask_epoch and sys.stdin.isatty() and not finalize:
+    several = placement.process_count > 1  # the other processes could not learn the answer
+    if read is None and config.ask_epoch and sys.stdin.isatty() and not finalize and not several:
         read = terminal_reader(signals)
     asker = None
-    if read is not None and config.ask_epoch:
+    if read is not None and config.ask_epoch and not several:
         asker = AskToContinue(config.ask_epoch, config.epochs, read, echo, on_answer=checkpoint.record_answer)
         asker.set_state(checkpoint.state.get("ask", {}))
         checkpoint.asker = asker
     elif config.ask_epoch and not finalize:
-        echo("not asking whether to continue: standard input is not a terminal")
+        echo("not asking whether to continue: " + ("the job has several processes" if several
+                                                    else "standard input is not a terminal"))
 
     if not finalize:
         echo(f"training {model.name} ({model.count_params():,} parameters) to epoch {config.epochs} "
-             f"at {config.image_size}px, batch {config.batch_size}, backend {keras.backend.backend()}, "
+             f"at {config.image_size}px, batch {batch}, backend {keras.backend.backend()}, "
              f"{model_precision(model)}" + (", deterministic" if config.deterministic else ""))
+        echo(f"devices: {placement.describe()}"
+             + (f", {batch // placement.replicas} images per device per step" if placement.replicas > 1 else ""))
     # On a terminal, Keras' progress bar; its logger goes before EpochLog so that the epoch line is
     # printed after the bar's last update rather than inside it. Elsewhere, the epoch lines only.
     bar = progress and sys.stdout.isatty()
@@ -185,6 +244,9 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
         adaptive.on_train_end()  # Keras skips it when fit raises; the model in memory gets the best too
     if stopped is None and signals.received:  # it came after the last batch: stop before the long evaluation
         stopped = signals.stopped("after the last epoch")
+    distribute.leave_processes(placement)  # the rest is process 0's alone
+    if not placement.chief:
+        return None
 
     done = checkpoint.state["epoch"]
     if finalize:
@@ -211,16 +273,19 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
     with files.atomic_path(run_dir / "model.keras") as tmp:
         shutil.copyfile(kept, tmp)
 
+    images = None if placement.process_count > 1 else arrays  # a shard is not the split
     if stopped:
-        metrics = evaluate_run(run_dir, images=arrays, progress=progress, echo=echo, out_name="eval-interrupted",
-                               splits=("val", "test"))
+        with distribute.single_device():
+            metrics = evaluate_run(run_dir, images=images, progress=progress, echo=echo,
+                                   out_name="eval-interrupted", splits=("val", "test"))
         command = f"cxr train --resume {run_dir}"
         if stopped.kind == "nan":
             command += f" --learning-rate {checkpoint.state['learning_rate'] / 10:.2g}"
         raise TrainingStopped(f"{stopped.reason}. {_saved(done).capitalize()}; the best so far is model.keras, "
                               f"evaluated in {metrics['eval_dir']}. Resume with: {command}",
                               stopped.kind, stopped.exit_code)
-    evaluate_run(run_dir, images=arrays, progress=progress, echo=echo)
+    with distribute.single_device():  # every image counts, on one device, with no partner processes
+        evaluate_run(run_dir, images=images, progress=progress, echo=echo)
     return run_dir
 
 

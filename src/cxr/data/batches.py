@@ -79,22 +79,26 @@ class ImageBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
-                 shuffle: bool = False, seed: int = 0):
+                 shuffle: bool = False, seed: int = 0, multiple_of: int = 1):
         super().__init__()
         self.images = images
         self.targets = keras.utils.to_categorical(labels, n_classes).astype("float32")
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        # A last, short batch is cut to a multiple of this (data parallelism splits every batch evenly
+        # over the devices); `used` says how many images an epoch sees.
+        remainder = len(images) % batch_size
+        self.used = len(images) - remainder % multiple_of
         self.order = np.arange(len(images))
         self.set_epoch(0)
 
     def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        return math.ceil(self.used / self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         # Sorted rows read a memory map in file order; the batch's composition is what is shuffled.
-        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        rows = np.sort(self.order[index * self.batch_size : min((index + 1) * self.batch_size, self.used)])
         return self.images[rows], self.targets[rows]
 
     def set_epoch(self, epoch: int) -> None:
