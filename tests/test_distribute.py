@@ -184,6 +184,8 @@ def test_two_jax_processes_train_one_run_written_by_process_0_and_resume_it(phan
     assert [line for line in worker.stdout.splitlines() if not line.startswith("[Gloo]")] == []  # 0 speaks
     assert len(pd.read_csv(run / "history.csv")) == 3 and (run / "eval" / "metrics.json").is_file()
 
+    refused = job(["train", "--resume", run, "--epochs", "2"], tmp_path, "refused")  # every process refuses
+    assert [p.returncode for p in refused] == [2, 2] and "has trained 3 epoch(s) already" in refused[1].stderr
     chief, worker = job(["train", "--resume", run, "--epochs", "4"], tmp_path, "resume")
     assert chief.returncode == 0 and worker.returncode == 0, chief.stderr[-3000:] + worker.stderr[-3000:]
     assert f"resuming {run} after epoch 3 of 4" in chief.stdout

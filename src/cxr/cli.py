@@ -195,21 +195,27 @@ def run_train(args: argparse.Namespace) -> int:
                              "learning_rate", "weights", "backbone", "bn_momentum", "threshold", "patience",
                              "factor", "stop_patience", "dwell", "ask_epoch", "deterministic", "precision",
                              "bootstrap", "bootstrap_seed", "distribute", "per_device_batch", "scale_learning_rate"]
+    from cxr.config import Config
     from cxr.distribute import join_processes
+    from cxr.evaluate import read_run_config
 
-    join_processes(args.coordinator, args.num_processes, args.process_id)  # before anything starts JAX
     if args.resume:
-        from cxr.train import resume
-
         others = [name for name, value in _settings(args, names + ["config"]).items()
                   if value is not None and name not in ("epochs", "learning_rate")]
         if others:
             flags = ", ".join("--" + name.replace("_", "-") for name in others)
             raise UserError(f"--resume continues a run with its saved settings; only --epochs and --learning-rate "
                             f"may be given with it, not {flags}")
+        config = Config(**read_run_config(args.resume))
+    else:
+        config = resolve(args.config, **_settings(args, names))
+    join_processes(args.coordinator, args.num_processes, args.process_id, config.seed, config.deterministic)
+    if args.resume:
+        from cxr.train import resume
+
         resume(args.resume, epochs=args.epochs, learning_rate=args.learning_rate)
         return 0
-    train(resolve(args.config, **_settings(args, names)))
+    train(config)
     return 0
 
 

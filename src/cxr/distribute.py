@@ -68,16 +68,24 @@ class Plan:
 
 
 def join_processes(coordinator: str | None = None, num_processes: int | None = None,
-                   process_id: int | None = None) -> bool:
+                   process_id: int | None = None, seed: int = 0, deterministic: bool = False) -> bool:
     """Join a multi-process JAX job (several hosts, or several processes of one) before anything else
     touches JAX. Flags win; unset ones come from KERAS_DISTRIBUTION_* variables. Returns whether it
-    joined one."""
+    joined one.
+
+    What must precede the backend's start comes first: the XLA flag for deterministic kernels, and the
+    seed (without one, Keras compiles a seed agreement before the compilation cache is on)."""
     if coordinator is None and num_processes is None and process_id is None and not any(
             os.environ.get(name) for name in PROCESS_ENV):
         return False
     if keras.backend.backend() != "jax":
         raise ConfigError("training in several processes needs the JAX backend (KERAS_BACKEND=jax); on TensorFlow "
                           "use the GPUs of one host")
+    if deterministic:
+        from cxr.backend import enable_determinism
+
+        enable_determinism()
+    keras.utils.set_random_seed(seed)
     keras.distribution.initialize(coordinator, num_processes, process_id)
     return True
 
@@ -88,6 +96,8 @@ def plan(mode: str = "auto") -> Plan:
     if mode not in DISTRIBUTE:
         raise ConfigError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {mode!r}")
     backend = keras.backend.backend()
+    if backend not in ("jax", "tensorflow"):
+        return Plan(("cpu:0",))  # the other backends train on their default device
     devices = tuple(keras.distribution.list_devices())
     process_id, process_count = 0, 1
     if backend == "jax":
@@ -96,7 +106,7 @@ def plan(mode: str = "auto") -> Plan:
         process_id, process_count = jax.process_index(), jax.process_count()
     if process_count > 1 and mode == "none":
         raise ConfigError("--distribute none cannot be used in a job of several processes")
-    if mode == "none" or len(devices) < 2 or backend not in ("jax", "tensorflow"):
+    if mode == "none" or len(devices) < 2:
         return Plan(devices[:1])
     if backend == "jax":
         # The run shards its own data over the processes (each decodes only its part).

@@ -7,6 +7,7 @@ next batch, evaluates the best model so far and says how to resume.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -46,10 +47,13 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
         if folder and not Path(folder).expanduser().is_dir():
             raise DatasetError(f"{kind} folder not found: {folder}")
     resolve_weights(config.weights, config.backbone)
+    if config.deterministic:
+        enable_determinism()  # before anything starts the backend
     placement = distribute.plan(config.distribute)
     distribute.global_batch(config.batch_size, config.per_device_batch, placement.replicas)  # fails fast
     if not placement.chief:  # the same split from the same data and seed; process 0 writes the run
         split = prepare_split(config, False, _quiet)
+        _check_not_empty(split)  # process 0 stops here too, so no process may go on alone
         resolved = Config(**{**config.to_dict(), "data": split.root, "classes": split.classes})
         with tempfile.TemporaryDirectory(prefix="cxr-worker-") as scratch:
             return _fit_and_evaluate(Path(scratch), resolved, split, None, False, _quiet, None, placement=placement)
@@ -63,10 +67,14 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
         echo(summary_table(split).to_string())
         groups = split.duplicates["group"].nunique() if len(split.duplicates) else 0
         echo(f"duplicate groups kept within one split: {groups} ({len(split.duplicates)} images)")
-        empty = [name for name in SPLITS if len(split.frames[name]) == 0]
-        if empty:
-            raise DatasetError(f"the {', '.join(empty)} split(s) are empty: the dataset is too small to split")
+        _check_not_empty(split)
         return _fit_and_evaluate(run_dir, resolved, split, None, progress, echo, read, placement=placement)
+
+
+def _check_not_empty(split: Split) -> None:
+    empty = [name for name in SPLITS if len(split.frames[name]) == 0]
+    if empty:
+        raise DatasetError(f"the {', '.join(empty)} split(s) are empty: the dataset is too small to split")
 
 
 COMPLETE = ("finished", "halted", "stopped early")  # statuses after which training ended by design
@@ -81,10 +89,13 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
     """
     run_dir = Path(run_dir)
     config = Config(**read_run_config(run_dir)).validate()
+    if config.deterministic:
+        enable_determinism()  # before anything starts the backend
     placement = distribute.plan(config.distribute)
-    if not placement.chief:
-        return _resume_worker(run_dir, config, placement, epochs, learning_rate)
-    with lock_run(run_dir):
+    chief = placement.chief  # every process makes the same checks; process 0 alone writes and speaks
+    if not chief:
+        progress, echo, read = False, _quiet, None
+    with lock_run(run_dir) if chief else contextlib.nullcontext():
         state = read_state(run_dir)
         if state is None and any((run_dir / name).exists() for name in ("history.csv", "model.keras")):
             raise UserError(f"{run_dir} has no checkpoints/state.json: it was trained by an earlier version of "
@@ -96,7 +107,8 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
             if epochs <= done:
                 raise ConfigError(f"{run_dir} has trained {done} epoch(s) already; --epochs must be more than that")
             config.epochs = epochs
-            files.write_text(run_dir / "config.yaml", config.validate().to_yaml())
+            if chief:
+                files.write_text(run_dir / "config.yaml", config.validate().to_yaml())
             if state:
                 state["adaptive"].update(wait=0, reductions=0)
         elif complete and (run_dir / "eval").is_dir():
@@ -107,26 +119,36 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
             finalize = True  # training ended but its final evaluation did not: finish that
         if learning_rate is not None and not learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {learning_rate!r}")
-        files.remove_temporaries(run_dir, echo)
+        _global_batch(config, state, placement)  # fails fast when the devices changed
+        if chief:
+            files.remove_temporaries(run_dir, echo)
         split = read_split(run_dir / "split")
         echo(f"resuming {run_dir} after epoch {done} of {config.epochs}"
              + (": training is complete, evaluating it" if finalize else ""))
+        if finalize and placement.replicas > 1:  # evaluation alone: one device, no partner processes
+            distribute.leave_processes(placement)
+            keras.distribution.set_distribution(None)
+            if not chief:
+                return None
+            placement = distribute.Plan(placement.devices[:1])
+        if not chief:
+            with tempfile.TemporaryDirectory(prefix="cxr-worker-") as scratch:
+                return _fit_and_evaluate(Path(scratch), config, split, state, False, _quiet, None,
+                                         learning_rate=learning_rate, placement=placement, source=run_dir)
         return _fit_and_evaluate(run_dir, config, split, state, progress, echo, read,
                                  learning_rate=learning_rate, finalize=finalize, placement=placement)
 
 
-def _resume_worker(run_dir: Path, config: Config, placement: distribute.Plan, epochs: int | None,
-                   learning_rate: float | None) -> None:
-    """A process other than 0 resuming with it: the same state, read-only (process 0 checks and writes)."""
-    state = read_state(run_dir)
-    if state is None or (epochs is None and (state.get("status") in COMPLETE or state["epoch"] >= config.epochs)):
-        return None  # process 0 reports why there is nothing to train
-    if epochs is not None:
-        config.epochs = epochs
-        state["adaptive"].update(wait=0, reductions=0)
-    with tempfile.TemporaryDirectory(prefix="cxr-worker-") as scratch:
-        return _fit_and_evaluate(Path(scratch), config, read_split(run_dir / "split"), state, False, _quiet, None,
-                                 learning_rate=learning_rate, placement=placement, source=run_dir)
+def _global_batch(config: Config, state: dict[str, Any] | None, placement: distribute.Plan) -> int:
+    """A resumed run keeps the global batch it was trained with, whatever devices it is resumed on."""
+    saved = (state or {}).get("global_batch")
+    if saved is None:
+        return distribute.global_batch(config.batch_size, config.per_device_batch, placement.replicas)
+    if saved % placement.replicas:
+        raise ConfigError(f"this run trains with a global batch of {saved}, which does not split evenly over "
+                          f"{placement.replicas} devices; resume it on a number of devices that divides {saved} "
+                          "(choose them with CUDA_VISIBLE_DEVICES)")
+    return saved
 
 
 def _quiet(_: str) -> None:
@@ -142,7 +164,7 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
     `source` is the run whose checkpoints a resume starts from (default `run_dir`)."""
     classes = split.classes
     placement = placement or distribute.Plan(("cpu:0",))
-    batch = distribute.global_batch(config.batch_size, config.per_device_batch, placement.replicas)
+    batch = _global_batch(config, state, placement)
     # In a job of several processes each decodes only its shard of train and val, and process 0
     # evaluates on its own afterwards; one process decodes every split once, for both.
     frames = ({name: split.frames[name].iloc[placement.shard(len(split.frames[name]))] for name in ("train", "val")}
@@ -159,7 +181,7 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
     labels = {name: label_indices(frame["label"], classes) for name, frame in frames.items()}
 
     if config.deterministic:
-        enable_determinism()
+        enable_determinism()  # TensorFlow's switch (JAX's was set before the backend started)
     if cache_dir is not None:
         enable_compilation_cache(cache_dir / "xla")
     keras.utils.set_random_seed(config.seed)
@@ -204,6 +226,7 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
         adaptive.set_state(state["adaptive"], best_weights)
     log = EpochLog(config.epochs, echo, adaptive, rows=state["history"] if state else None)
     checkpoint = RunCheckpoint(run_dir, config.epochs, log, adaptive, state=state, ask_epoch=config.ask_epoch)
+    checkpoint.state["global_batch"] = batch
     signals = StopSignals(on_second=lambda: _resume_hint(run_dir, checkpoint))
     several = placement.process_count > 1  # the other processes could not learn the answer
     if read is None and config.ask_epoch and sys.stdin.isatty() and not finalize and not several:
@@ -246,6 +269,8 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
         stopped = signals.stopped("after the last epoch")
     distribute.leave_processes(placement)  # the rest is process 0's alone
     if not placement.chief:
+        if stopped:  # the job's exit status, from every process
+            raise stopped
         return None
 
     done = checkpoint.state["epoch"]
