@@ -158,11 +158,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def job(args: list, tmp_path: Path, name: str) -> list[subprocess.CompletedProcess]:
-    """Two `cxr train` processes joined into one JAX job over loopback."""
+def job(args: list, tmp_path: Path, name: str,
+        extra: tuple[list, list] = ([], [])) -> list[subprocess.CompletedProcess]:
+    """Two `cxr train` processes joined into one JAX job over loopback (`extra`: each one's own flags)."""
     port = free_port()
-    processes = [subprocess.Popen([sys.executable, "-m", "cxr", *map(str, args), "--coordinator", f"127.0.0.1:{port}",
-                                   "--num-processes", "2", "--process-id", str(rank)],
+    processes = [subprocess.Popen([sys.executable, "-m", "cxr", *map(str, args), *map(str, extra[rank]),
+                                   "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                                   "--process-id", str(rank)],
                                   stdout=open(tmp_path / f"{name}-{rank}.out", "w"),
                                   stderr=open(tmp_path / f"{name}-{rank}.err", "w"),
                                   env={**os.environ, "KERAS_BACKEND": "jax"}, stdin=subprocess.DEVNULL)
@@ -184,6 +186,11 @@ def test_two_jax_processes_train_one_run_written_by_process_0_and_resume_it(phan
     assert [line for line in worker.stdout.splitlines() if not line.startswith("[Gloo]")] == []  # 0 speaks
     assert len(pd.read_csv(run / "history.csv")) == 3 and (run / "eval" / "metrics.json").is_file()
 
+    # Processes that split differently (another seed here, other data in life) stop together, with a reason.
+    differ = job([*TRAIN, "--data", phantoms, "--runs-dir", tmp_path / "differ"], tmp_path, "differ",
+                 extra=([], ["--seed", "2"]))
+    assert [p.returncode for p in differ] == [2, 2] and not (tmp_path / "differ").exists()
+    assert "the processes of this job have different splits: process(es) 1 differ from process 0" in differ[0].stderr
     refused = job(["train", "--resume", run, "--epochs", "2"], tmp_path, "refused")  # every process refuses
     assert [p.returncode for p in refused] == [2, 2] and "has trained 3 epoch(s) already" in refused[1].stderr
     chief, worker = job(["train", "--resume", run, "--epochs", "4"], tmp_path, "resume")

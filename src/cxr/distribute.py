@@ -9,6 +9,7 @@ global batch and seed the loss follows the single-device run (tests/test_distrib
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,6 +155,22 @@ def _unsynchronized_config(layer: keras.layers.BatchNormalization):
         return {**type(layer).get_config(layer), "synchronized": False}
 
     return get_config
+
+
+def agree(plan_: Plan, value: bytes, what: str) -> None:
+    """Stop every process of a job with one message when they hold different `value`s: a split made
+    from different data would otherwise leave them waiting for each other at the first uneven step."""
+    if plan_.process_count < 2:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = np.frombuffer(hashlib.sha256(value).digest(), np.uint8)
+    digests = np.asarray(multihost_utils.process_allgather(digest))
+    differ = [index for index, row in enumerate(digests) if not np.array_equal(row, digests[0])]
+    if differ:
+        raise ConfigError(f"the processes of this job have different {what}: process(es) "
+                          f"{', '.join(map(str, differ))} differ from process 0; give every host the same data "
+                          "and settings")
 
 
 def leave_processes(plan_: Plan) -> None:

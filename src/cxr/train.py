@@ -53,11 +53,13 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
     distribute.global_batch(config.batch_size, config.per_device_batch, placement.replicas)  # fails fast
     if not placement.chief:  # the same split from the same data and seed; process 0 writes the run
         split = prepare_split(config, False, _quiet)
+        distribute.agree(placement, _split_bytes(split), "splits")
         _check_not_empty(split)  # process 0 stops here too, so no process may go on alone
         resolved = Config(**{**config.to_dict(), "data": split.root, "classes": split.classes})
         with tempfile.TemporaryDirectory(prefix="cxr-worker-") as scratch:
             return _fit_and_evaluate(Path(scratch), resolved, split, None, False, _quiet, None, placement=placement)
     split = prepare_split(config, progress, echo)
+    distribute.agree(placement, _split_bytes(split), "splits")
     run_dir = files.new_run_dir(config.runs_dir, config.name)
     with lock_run(run_dir):
         echo(f"run folder: {run_dir}")
@@ -69,6 +71,12 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
         echo(f"duplicate groups kept within one split: {groups} ({len(split.duplicates)} images)")
         _check_not_empty(split)
         return _fit_and_evaluate(run_dir, resolved, split, None, progress, echo, read, placement=placement)
+
+
+def _split_bytes(split: Split) -> bytes:
+    """The split's files, labels and classes, for comparing the splits of a job's processes."""
+    return "\n".join([",".join(split.classes), *(split.frames[name][["file", "label"]].to_csv(index=False)
+                                                   for name in SPLITS)]).encode()
 
 
 def _check_not_empty(split: Split) -> None:
