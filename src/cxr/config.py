@@ -18,6 +18,7 @@ from cxr.errors import ConfigError
 
 BACKBONES = ("densenet169", "tiny")
 PRECISIONS = ("fp32", "bf16", "fp16")
+DISTRIBUTE = ("auto", "none")
 
 
 @dataclass
@@ -107,7 +108,8 @@ class Config:
         need(integer(self.bootstrap, 0), f"bootstrap must be an integer of 0 or more, got {self.bootstrap!r}")
         need(integer(self.bootstrap_seed, 0),
              f"bootstrap_seed must be a non-negative integer, got {self.bootstrap_seed!r}")
-        need(self.distribute in ("auto", "none"), f"distribute must be auto or none, got {self.distribute!r}")
+        need(self.distribute in DISTRIBUTE,
+             f"distribute must be {' or '.join(DISTRIBUTE)}, got {self.distribute!r}")
         need(self.per_device_batch is None or integer(self.per_device_batch, 1),
              f"per_device_batch must be empty or a positive integer, got {self.per_device_batch!r}")
         need(isinstance(self.scale_learning_rate, bool),

@@ -18,9 +18,9 @@ from typing import Any
 import keras
 import numpy as np
 
+from cxr.config import DISTRIBUTE
 from cxr.errors import ConfigError
 
-DISTRIBUTE = ("auto", "none")
 # The variables keras.distribution.initialize reads when a flag is not given.
 PROCESS_ENV = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
                "KERAS_DISTRIBUTION_PROCESS_ID")

@@ -178,8 +178,9 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
     frames = ({name: split.frames[name].iloc[placement.shard(len(split.frames[name]))] for name in ("train", "val")}
               if placement.process_count > 1 else split.frames)
     try:
-        cache_dir = resolve_cache_dir(config.cache_dir, (source or run_dir).parent if placement.chief or source
-                                      else Path(config.runs_dir))
+        # Beside the run folder; a process other than 0 starting a new run has only a scratch folder.
+        runs_dir = (source or run_dir).parent if placement.chief or source else Path(config.runs_dir)
+        cache_dir = resolve_cache_dir(config.cache_dir, runs_dir)
         arrays = {name: load_split_images(cache_dir, split.root, frame["file"], config.image_size,
                                           config.workers, progress, desc=f"decode {name}", echo=echo)
                   for name, frame in frames.items()}
@@ -188,8 +189,6 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
                               "interrupted", 130) from None
     labels = {name: label_indices(frame["label"], classes) for name, frame in frames.items()}
 
-    if config.deterministic:
-        enable_determinism()  # TensorFlow's switch (JAX's was set before the backend started)
     if cache_dir is not None:
         enable_compilation_cache(cache_dir / "xla")
     keras.utils.set_random_seed(config.seed)
