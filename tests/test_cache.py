@@ -104,6 +104,7 @@ def test_cache_setting(tmp_path):
     assert resolve_cache_dir(str(tmp_path / "x"), "runs") == tmp_path / "x"
 
 
+@pytest.mark.slow
 def test_training_from_the_cache_equals_training_from_memory(phantoms, tmp_path):
     from cxr.config import resolve
     from cxr.train import train

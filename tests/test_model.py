@@ -81,6 +81,7 @@ def test_weights_from_a_local_file_land_in_the_backbone(tmp_path, suffix):
     assert not np.array_equal(fresh.get_layer("conv1_conv").get_weights()[0], kernel)
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_densenet_weights_is_a_clear_error(tmp_path):
     bad = tmp_path / "other.h5"
     with h5py.File(bad, "w") as handle:

@@ -50,6 +50,7 @@ def test_audit_counts_per_class_and_source():
     assert audit["composition"] == {"x": {"A": 1, "B": 1}, "y": {"B": 2, "C": 1}}
 
 
+@pytest.mark.slow
 def test_a_run_on_the_real_sample_reports_sources(sample, tmp_path):
     config = resolve(data=str(sample), runs_dir=str(tmp_path), backbone="tiny", weights="none", image_size=32,
                      epochs=1, batch_size=16, bootstrap=50, ask_epoch=0)
