@@ -67,7 +67,7 @@ def test_evaluation_writes_clinical_metrics_consistent_with_its_predictions(tiny
 
 
 def test_evaluation_fits_and_keeps_a_temperature_for_the_model(tiny_run):
-    record = json.loads((tiny_run / calibration.CALIBRATION_FILE).read_text())
+    record = json.loads((tiny_run / "eval" / calibration.CALIBRATION_FILE).read_text())
     metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
     assert metrics["calibration"] == record
     assert record["model_sha256"] == files.sha256(tiny_run / "model.keras") and record["fitted_on"] == "val"
@@ -85,7 +85,7 @@ def test_evaluation_fits_and_keeps_a_temperature_for_the_model(tiny_run):
 
 def test_calibrated_prediction_uses_the_temperature_and_refuses_a_stale_one(tiny_run, phantoms, tmp_path):
     image = phantoms / "COVID" / "images" / "COVID-1.png"
-    temperature = json.loads((tiny_run / calibration.CALIBRATION_FILE).read_text())["temperature"]
+    temperature = json.loads((tiny_run / "eval" / calibration.CALIBRATION_FILE).read_text())["temperature"]
     raw = predict_files(tiny_run, [image], engine="keras")
     scaled = predict_files(load_predictor(tiny_run, engine="keras", calibrated=True), [image])
     columns = [f"p_{c}" for c in CLASSES]
@@ -113,3 +113,34 @@ def test_evaluate_without_intervals_prints_the_values_alone(tiny_run, tmp_path, 
     accuracy = json.loads((copy / "eval-2" / "metrics.json").read_text())["clinical"]["overall"]["accuracy"]
     assert accuracy["ci_low"] is None
     assert f"accuracy {accuracy['value']:.3f};" in capsys.readouterr().out
+
+
+def test_each_evaluation_keeps_its_own_temperature_and_the_newest_is_used(tiny_run, phantoms, tmp_path, capsys):
+    copy = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    first = (copy / "eval" / "calibration.json").read_bytes()
+    assert main(["evaluate", str(copy), "--bootstrap", "0"]) == 0
+    assert f"saved in {copy / 'eval-2' / 'calibration.json'}" in capsys.readouterr().out
+    assert (copy / "eval" / "calibration.json").read_bytes() == first  # never overwritten
+    assert not (copy / "calibration.json").exists()
+    assert (json.loads((copy / "eval-2" / "metrics.json").read_text())["evaluated"]
+            > json.loads((copy / "eval" / "metrics.json").read_text())["evaluated"])
+
+    def set_temperature(folder, value):
+        record = json.loads((folder / "calibration.json").read_text())
+        files.write_json(folder / "calibration.json", {**record, "temperature": value})
+
+    set_temperature(copy / "eval-2", 2.5)  # as if the second evaluation had fitted another temperature
+    set_temperature(copy / "eval", 3.0)
+    image = phantoms / "COVID" / "images" / "COVID-1.png"
+    raw = predict_files(copy, [image], engine="keras")
+    assert main(["predict", str(copy), str(image), "--calibrated", "--csv", str(tmp_path / "p.csv")]) == 0
+    assert f"temperature 2.500 from {copy / 'eval-2' / 'calibration.json'}" in capsys.readouterr().err
+    columns = [f"p_{c}" for c in CLASSES]
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")[columns].to_numpy(),
+                               calibration.apply_temperature(raw[columns].to_numpy(), 2.5), atol=1e-6)
+
+    # A run evaluated before each evaluation kept its own temperature has one calibration.json beside the model.
+    for folder in ("eval", "eval-2"):
+        (copy / folder / "calibration.json").rename(copy / folder / "old.json")
+    files.write_json(copy / "calibration.json", json.loads((copy / "eval" / "old.json").read_text()))
+    assert calibration.find_temperature(copy / "model.keras") == (3.0, copy / "calibration.json")

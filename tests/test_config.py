@@ -64,3 +64,37 @@ def test_invalid_values_are_rejected_with_the_setting_named(overrides, message):
     values = {"data": "/d", **overrides}
     with pytest.raises(ConfigError, match=message):
         Config(**values).validate()
+
+
+def test_cxr_version_names_the_package_keras_and_the_backend(capsys, monkeypatch):
+    from importlib.metadata import version
+
+    import cxr
+    from cxr.cli import main
+
+    for backend in ("tensorflow", "jax"):
+        monkeypatch.setenv("KERAS_BACKEND", backend)
+        monkeypatch.delitem(__import__("sys").modules, "keras", raising=False)  # ask as a fresh process would
+        with pytest.raises(SystemExit) as done:
+            main(["--version"])
+        assert done.value.code == 0
+        line = capsys.readouterr().out.strip()
+        assert line.startswith(f"cxr {cxr.__version__} (Keras {version('keras')}, backend {backend} ")
+
+
+def test_a_run_config_records_its_environment_and_still_reads_back_as_settings(tmp_path):
+    from cxr.environment import software
+
+    config = resolve(data="/d", epochs=3)
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml(environment=software()))
+    assert "environment:\n  cxr: " in path.read_text()
+    assert resolve(path) == config  # --config of a run's config.yaml: the record is not a setting
+
+
+def test_the_cpu_record_names_the_model_and_only_known_flags():
+    from cxr.environment import CPU_FLAGS, cpu
+
+    record = cpu()
+    assert record["model"] and record["cores"] >= 1
+    assert record["flags"] is None or set(record["flags"]) <= set(CPU_FLAGS)

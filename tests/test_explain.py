@@ -64,6 +64,7 @@ def test_the_map_is_nontrivial_and_moves_with_the_lesion(lesion_model):
         assert 0.0 < (full > 0.5).mean() < 0.25  # a focused map, neither empty nor everywhere
 
 
+@pytest.mark.slow
 def test_split_model_reproduces_the_model_and_reaches_the_densenet_backbone():
     model = build_model(3, 64, weights="none")  # the backbone's layers are in the top-level model
     features, tail = split_model(model)
@@ -126,3 +127,12 @@ def test_cli_explain_writes_overlays_and_a_table(lesion_model, tmp_path, capsys)
     assert main(["explain", str(lesion_model), paths[0], "--out", str(tmp_path / "y"), "--class", "class_0"]) == 0
     assert json.loads(pd.read_csv(tmp_path / "y" / "explanations.csv").to_json(orient="records"))[0][
         "explained_class"] == "class_0"
+
+    folder = tmp_path / "export"  # a folder with an image named without an extension, and a note
+    folder.mkdir()
+    (folder / "IM0001").write_bytes((tmp_path / "left.png").read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    assert main(["explain", str(lesion_model), str(folder), "--out", str(tmp_path / "z")]) == 0
+    assert "looked at 2 file(s) in the given folder(s): 1 image(s); 1 not image(s) left out (notes.txt)" in \
+        capsys.readouterr().out
+    assert (tmp_path / "z" / "IM0001-gradcam.png").is_file()

@@ -140,3 +140,19 @@ def test_densenet169_exports_within_tolerance(tmp_path):
     predictor = load_predictor(tmp_path / "model.onnx")
     probe = export.probe_images(64)
     np.testing.assert_allclose(predictor.predict(probe), model.predict_on_batch(probe), atol=1e-4)
+
+
+def test_cxr_uses_only_keras_public_api():
+    """A private Keras module (`keras.src...`) may move in any minor release; the export and everything
+    else must go through `keras.*` as documented."""
+    import ast
+    from pathlib import Path
+
+    private = []
+    for path in sorted((Path(export.__file__).parent).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            private += [f"{path.name}: {name}" for name in names if name.startswith("keras.src")]
+    assert private == []
+

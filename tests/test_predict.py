@@ -1,3 +1,6 @@
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -11,7 +14,33 @@ def test_find_images_expands_folders_recursively_and_keeps_given_files(tmp_path)
     for name in ("d/a.png", "d/sub/b.JPG", "d/notes.txt", "d/.hidden.png", "c.jpeg"):
         (tmp_path / name).write_bytes(b"x")
     found = find_images([tmp_path / "d", tmp_path / "c.jpeg", tmp_path / "missing.png"])
-    assert [p.relative_to(tmp_path).as_posix() for p in found] == ["d/a.png", "d/sub/b.JPG", "c.jpeg", "missing.png"]
+    assert [p.relative_to(tmp_path).as_posix() for p in found.files] == [
+        "d/a.png", "d/sub/b.JPG", "c.jpeg", "missing.png"]
+    assert found.looked_at == 3 and [p.name for p in found.not_images] == ["notes.txt"]
+
+
+def pacs_export(folder):
+    """A folder as a PACS export leaves it: DICOM files named IM0001... without an extension, a PNG without
+    one either, beside a note, a spreadsheet and hidden files, which are not images."""
+    from tests.test_dicom import dicom_bytes, ramp12
+
+    (folder / "series" / ".thumbs").mkdir(parents=True)
+    (folder / "series" / "IM0001").write_bytes(dicom_bytes(ramp12(64, 64)))
+    (folder / "series" / "IM0002").write_bytes(dicom_bytes((4095 - ramp12(64, 64)).astype(np.uint16), "MONOCHROME1"))
+    (folder / "series" / "snapshot").write_bytes(cv2.imencode(".png", np.full((40, 40), 90, np.uint8))[1].tobytes())
+    (folder / "series" / "README").write_text("exported from the PACS on Monday")
+    (folder / "series" / "index.xlsx").write_bytes(b"PK\x03\x04 not an image")
+    (folder / "series" / ".DS_Store").write_bytes(b"\0" * 200)
+    (folder / "series" / ".thumbs" / "IM0001").write_bytes(dicom_bytes(ramp12(8, 8)))
+    return folder / "series"
+
+
+def test_files_without_an_extension_are_recognised_by_their_content(tmp_path):
+    found = find_images([pacs_export(tmp_path)])
+    assert [p.name for p in found.files] == ["IM0001", "IM0002", "snapshot"]  # sorted; hidden ones left out
+    assert found.looked_at == 5 and sorted(p.name for p in found.not_images) == ["README", "index.xlsx"]
+    assert found.summary() == ("looked at 5 file(s) in the given folder(s): 3 image(s); 2 not image(s) left out "
+                               "(README, index.xlsx)")
 
 
 def test_predictions_for_files_and_folders_with_unreadable_files_reported(tiny_run, phantoms, tmp_path):
@@ -52,6 +81,25 @@ def test_cli_prints_a_table_writes_a_csv_and_never_overwrites(tiny_run, phantoms
     assert len(pd.read_csv(out)) == 2
     assert main(["predict", str(tiny_run), str(image), "--csv", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_predicts_a_folder_of_extensionless_dicom_files(tiny_run, tmp_path, capsys):
+    folder = pacs_export(tmp_path)
+    assert main(["predict", str(tiny_run), str(folder), "--csv", str(tmp_path / "p.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "looked at 5 file(s) in the given folder(s): 3 image(s); 2 not image(s) left out" in err
+    table = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
+    assert [Path(f).name for f in table["file"]] == ["IM0001", "IM0002", "snapshot"] and (table["error"] == "").all()
+    # A MONOCHROME1 file is inverted on reading, so it gets the same prediction as its MONOCHROME2 twin.
+    np.testing.assert_allclose(table.loc[0, "p_COVID"], table.loc[1, "p_COVID"], atol=1e-6)
+
+
+def test_cli_says_what_it_looked_at_when_a_folder_has_no_images(tiny_run, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("no images here")
+    assert main(["predict", str(tiny_run), str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "looked at 1 file(s) in the given folder(s): 0 image(s); 1 not image(s) left out (notes.txt)" in err
+    assert "no image files found" in err
 
 
 def test_cli_exit_code_is_1_when_nothing_could_be_read(tiny_run, tmp_path, capsys):

@@ -108,3 +108,16 @@ def test_classes_option_selects_and_orders(sample):
     assert set(scan.images["label"]) == {"Normal", "COVID"}
     with pytest.raises(DatasetError, match="class folder\\(s\\) not found in .*: Lung_Opacity"):
         scan_dataset(sample, classes=["COVID", "Lung_Opacity"], progress=False)
+
+
+def test_a_relative_dataset_path_is_recorded_absolute_and_extensionless_dicom_makes_a_class(tmp_path, monkeypatch):
+    from tests.test_dicom import dicom_bytes, ramp12
+
+    for label in ("a", "b"):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(2):  # a PACS export: DICOM files without an extension
+            (tmp_path / "data" / label / f"IM000{i}").write_bytes(dicom_bytes(ramp12(40 + i, 50)))
+    monkeypatch.chdir(tmp_path)
+    scan = scan_dataset("data", progress=False)
+    assert scan.root == tmp_path / "data" and scan.root.is_absolute()
+    assert scan.classes == ["a", "b"] and len(scan.images) == 4 and scan.skipped.empty

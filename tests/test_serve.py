@@ -1,6 +1,7 @@
 """The REST API: every response the issue lists, with real sample images and bad inputs made here."""
 
 import base64
+import dataclasses
 import io
 import struct
 import time
@@ -173,3 +174,66 @@ def test_micro_batching_is_on_by_default_only_for_keras_on_an_accelerator(monkey
     assert serve.default_max_batch("onnx") == 1 and serve.default_max_batch("keras") == 1
     monkeypatch.setattr(backend, "accelerators", lambda: ["gpu:0"])
     assert serve.default_max_batch("keras") == 16 and serve.default_max_batch("onnx") == 1
+
+
+def test_the_explanation_path_is_warmed_up_before_ready(client):
+    served = client.app.state.served
+    assert served._keras_model is not None  # loaded, and Grad-CAM compiled once, during load()
+    info = client.get("/v1/model").json()
+    assert info["explanations"] is True and info["explanations_note"] is None
+
+
+def test_trained_is_the_end_of_training_from_the_run_records_not_a_file_time(tiny_run, tmp_path):
+    import json
+    import os
+    import shutil
+
+    ended = json.loads((tiny_run / "checkpoints" / "state.json").read_text())["saved"]
+    copy = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    os.utime(copy / "model.keras", (978_307_200, 978_307_200))  # 2001: as a copy or a backup might leave it
+    info = TestClient(create_app(copy, engine="keras", load_in_background=False)).get("/v1/model").json()
+    assert info["trained"] == ended
+    (tmp_path / "bare").mkdir()
+    bare = shutil.copy(tiny_run / "model.keras", tmp_path / "bare" / "model.keras")
+    info = TestClient(create_app(bare, engine="keras", load_in_background=False)).get("/v1/model").json()
+    assert info["trained"] == "unknown" and info["classes"] == ["class_0", "class_1", "class_2", "class_3"]
+
+
+@pytest.fixture(scope="module")
+def onnx_only(tiny_run, tmp_path_factory):
+    """`cxr export RUN --out exported/model.onnx`, served as the bare file."""
+    from cxr.cli import main
+
+    out = tmp_path_factory.mktemp("exported") / "model.onnx"
+    assert main(["export", str(tiny_run), "--out", str(out)]) == 0
+    return TestClient(create_app(out, load_in_background=False), raise_server_exceptions=False)
+
+
+def test_a_bare_onnx_model_says_it_cannot_explain_and_refuses_explain_with_409(onnx_only, tiny_run, sample):
+    import json
+
+    info = onnx_only.get("/v1/model").json()
+    assert info["engine"] == "onnx" and info["classes"] == CLASSES and info["explanations"] is False
+    assert "no Keras model beside model.onnx" in info["explanations_note"]
+    assert info["trained"] == json.loads((tiny_run / "checkpoints" / "state.json").read_text())["saved"]
+    image = next((sample / "COVID" / "images").glob("*.png")).read_bytes()
+    refused = post(onnx_only, image, explain="true")
+    assert refused.status_code == 409 and refused.headers["content-type"] == "application/json"
+    assert "explanations are not available from this server: no Keras model beside" in refused.json()["detail"]
+    answered = post(onnx_only, image)
+    assert answered.status_code == 200 and answered.json()["predicted"] in CLASSES
+
+
+def test_an_unexpected_error_is_json_and_the_server_stays_up(onnx_only, monkeypatch, sample):
+    served = onnx_only.app.state.served
+
+    def broken(batch):
+        raise RuntimeError("the model file was damaged on disk")
+
+    monkeypatch.setattr(served, "predictor", dataclasses.replace(served.predictor, predict=broken))
+    image = next((sample / "COVID" / "images").glob("*.png")).read_bytes()
+    response = post(onnx_only, image)
+    assert response.status_code == 500 and response.headers["content-type"] == "application/json"
+    assert response.json()["detail"] == "internal server error: RuntimeError: the model file was damaged on disk"
+    monkeypatch.undo()
+    assert post(onnx_only, image).status_code == 200

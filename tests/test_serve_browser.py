@@ -1,5 +1,6 @@
 """The web page in a real headless Chromium: upload a sample radiograph, see probabilities and the overlay."""
 
+import contextlib
 import socket
 import threading
 import time
@@ -11,22 +12,29 @@ from cxr.serve import create_app
 from tests.test_report import CHROMIUM_FLAGS, chromium
 
 
-@pytest.fixture(scope="module")
-def server(tiny_run):
+@contextlib.contextmanager
+def running(app):
+    """A real uvicorn server for `app` on a free loopback port; yields its address."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(tiny_run, engine="keras", load_in_background=False), host="127.0.0.1",
-                            port=port, log_level="warning")
-    instance = uvicorn.Server(config)
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not instance.started and time.time() < deadline:
         time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/"
-    instance.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    with running(create_app(tiny_run, engine="keras", load_in_background=False)) as address:
+        yield address
 
 
 def test_upload_shows_probabilities_the_overlay_and_the_notice(server, sample, tmp_path):
@@ -53,3 +61,27 @@ def test_upload_shows_probabilities_the_overlay_and_the_notice(server, sample, t
         assert "notes.txt: not a PNG, JPEG or DICOM image" in page.inner_text("#error")
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 20_000
+
+
+def test_a_server_without_grad_cam_hides_the_overlay_choice_and_still_answers(tiny_run, sample, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from cxr.cli import main
+
+    exported = tmp_path / "exported" / "model.onnx"
+    assert main(["export", str(tiny_run), "--out", str(exported)]) == 0
+    image = next((sample / "COVID" / "images").glob("*.png"))
+    with running(create_app(exported, load_in_background=False)) as address, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS[1:])
+        page = browser.new_page()
+        page.goto(address)
+        page.wait_for_selector("#explain-note:not([hidden])")
+        assert "Grad-CAM overlays are not available: no Keras model beside model.onnx" in page.inner_text(
+            "#explain-note")
+        assert page.evaluate("document.getElementById('explain').checked") is False
+        assert not page.is_visible("#explain")
+        page.set_input_files("#file", str(image))
+        page.wait_for_function("document.getElementById('predicted').textContent.length > 0")
+        assert page.inner_text("#error") == "" and page.locator(".bar").count() == 4
+        assert page.is_hidden("#overlay")
+        browser.close()

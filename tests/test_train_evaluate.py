@@ -1,7 +1,9 @@
 """Training and evaluation with the tiny backbone on phantoms: the run folder's contract."""
 
 import json
+from pathlib import Path
 
+import keras
 import pandas as pd
 import pytest
 import yaml
@@ -17,8 +19,8 @@ def test_a_run_folder_holds_everything_it_promises(tiny_run):
     names = sorted(p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*") if p.is_file())
     best = json.loads((tiny_run / "checkpoints" / "state.json").read_text())["best_model"]
     assert names == sorted([
-        ".lock", f"checkpoints/{best}", "checkpoints/epoch-0002.keras", "checkpoints/state.json", "config.yaml",
-        "calibration.json", "eval/classification_report.csv", "eval/classification_report.txt",
+        ".lock", ".lock.pid", f"checkpoints/{best}", "checkpoints/epoch-0002.keras", "checkpoints/state.json",
+        "config.yaml", "eval/calibration.json", "eval/classification_report.csv", "eval/classification_report.txt",
         "eval/confusion_matrix.csv", "eval/confusion_matrix.png", "eval/metrics.json", "eval/metrics_per_class.csv",
         "eval/reliability.csv", "eval/reliability.png", "eval/predictions_test.csv", "eval/report.html",
         "eval/roc_pr.png", "eval/gradcam_test.png", "eval/training_curves.png",
@@ -26,6 +28,17 @@ def test_a_run_folder_holds_everything_it_promises(tiny_run):
         "split/dataset.yaml", "split/duplicates.csv", "split/skipped.csv", "split/test.csv",
         "split/train.csv", "split/val.csv",
     ])
+
+
+def test_config_and_metrics_record_the_software_that_made_them(tiny_run):
+    import yaml
+
+    from cxr.environment import software
+
+    recorded = yaml.safe_load((tiny_run / "config.yaml").read_text())["environment"]
+    metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
+    assert recorded == metrics["software"] == software()
+    assert recorded["backend"] == keras.backend.backend() and recorded["keras"] == keras.__version__
 
 
 def test_history_has_one_row_per_epoch_with_learning_rate_time_and_decision(tiny_run):
@@ -66,12 +79,15 @@ def test_metrics_agree_with_the_predictions_files(tiny_run):
     assert report.loc["COVID", "support"] == (test["true_label"] == "COVID").sum()
 
 
-def test_re_evaluation_writes_a_new_folder_and_agrees(tiny_run, capsys):
-    assert main(["evaluate", str(tiny_run)]) == 0
+def test_re_evaluation_writes_a_new_folder_and_agrees(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))  # others share tiny_run
+    assert main(["evaluate", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "test" in printed and "accuracy" in printed
-    first = json.loads((tiny_run / "eval" / "metrics.json").read_text())
-    again = json.loads((tiny_run / "eval-2" / "metrics.json").read_text())
+    first = json.loads((run / "eval" / "metrics.json").read_text())
+    again = json.loads((run / "eval-2" / "metrics.json").read_text())
     for name in SPLITS:
         assert again["splits"][name]["accuracy"] == first["splits"][name]["accuracy"]
         assert again["splits"][name]["loss"] == pytest.approx(first["splits"][name]["loss"], rel=1e-5)
@@ -113,3 +129,18 @@ def test_bad_dataset_is_a_clear_cli_error(tmp_path, capsys):
                  "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_says_when_the_dataset_folder_is_gone_and_leaves_no_empty_folder(tiny_run, tmp_path, capsys):
+    import shutil
+
+    copy = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    assert Path(config["data"]).is_absolute()  # recorded so, it is found from any working folder
+    for path, key in ((copy / "config.yaml", "data"), (copy / "split" / "dataset.yaml", "root")):
+        settings = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump({**settings, key: "runs/demo-data/phantoms"}))  # as older runs wrote it
+    assert main(["evaluate", str(copy)]) == 2
+    assert ("the dataset folder of" in (err := capsys.readouterr().err) and "runs/demo-data/phantoms" in err
+            and "relative to the folder the run was trained from" in err)
+    assert not (copy / "eval-2").exists()

@@ -38,6 +38,7 @@ def tiny_config(data, runs, **overrides):
     return resolve(**{**settings, **overrides})
 
 
+@pytest.mark.slow
 def test_the_answer_h_halts_and_is_recorded_in_the_history_and_state(phantoms, tmp_path):
     answers = iter(["not a number", "H"])
     run = train(tiny_config(phantoms, tmp_path, ask_epoch=1), read=lambda prompt: next(answers), **QUIET)
@@ -47,7 +48,8 @@ def test_the_answer_h_halts_and_is_recorded_in_the_history_and_state(phantoms, t
     state = read_state(run)
     assert state["status"] == "halted" and state["epoch"] == 1
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    assert metrics["training"] == {"status": "halted", "epoch": 1, "epochs": 3, "best_epoch": 1}
+    assert metrics["training"] == {"status": "halted", "epoch": 1, "epochs": 3, "best_epoch": 1,
+                                   "ended": state["saved"]}
     # The user's H ends the run: resuming needs an explicit --epochs.
     with pytest.raises(ConfigError, match=r"is complete \(halted after epoch 1 of 3\); to train longer, add --epochs"):
         resume(run, **QUIET)
@@ -59,6 +61,7 @@ def test_the_answer_h_halts_and_is_recorded_in_the_history_and_state(phantoms, t
     assert (run / "eval" / "metrics.json").is_file() and read_state(run)["status"] == "halted"
 
 
+@pytest.mark.slow
 def test_the_ask_schedule_survives_a_resume_without_a_terminal(phantoms, tmp_path):
     run = train(tiny_config(phantoms, tmp_path, ask_epoch=2, epochs=1), **QUIET)  # no terminal: no asking
     assert read_state(run)["ask"] == {"next_ask": 2}
@@ -68,6 +71,7 @@ def test_the_ask_schedule_survives_a_resume_without_a_terminal(phantoms, tmp_pat
     assert read_state(run)["status"] == "halted" and read_state(run)["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_a_run_stopped_early_resumes_only_with_more_epochs_and_a_fresh_allowance(phantoms, tmp_path, monkeypatch):
     import cxr.train
 
@@ -97,6 +101,7 @@ def test_a_run_without_resumable_checkpoints_is_refused(tmp_path, tiny_run):
         resume(old, **QUIET)
 
 
+@pytest.mark.slow
 def test_a_loss_that_is_not_finite_stops_with_a_clear_message(phantoms, tmp_path):
     with pytest.raises(TrainingStopped) as caught:
         train(tiny_config(phantoms, tmp_path, learning_rate=1e30), **QUIET)
@@ -134,6 +139,19 @@ def test_a_locked_run_is_refused_with_the_pid_of_its_owner(tmp_path):
         holder.wait()
     with lock_run(tmp_path):  # the dead holder's lock is gone
         pass
+
+
+def test_training_imports_without_fcntl_as_on_windows():
+    """Windows has no fcntl; the run lock must come from a portable library, so training still imports."""
+    done = subprocess.run([sys.executable, "-c", (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'fcntl': raise ImportError('no fcntl on Windows')\n"
+        "sys.meta_path.insert(0, Block()); sys.modules.pop('fcntl', None)\n"
+        "import cxr.checkpoint, cxr.evaluate, cxr.train\n"
+        "import filelock; assert filelock.FileLock is not None\n")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_temporaries_of_a_killed_writer_are_removed_and_nothing_else(tmp_path):
@@ -222,7 +240,7 @@ def test_sigkill_during_epoch_2_then_resume_equals_an_uninterrupted_run(sample, 
     assert metrics == whole[2]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
         ["state.json", "epoch-0003.keras", f"best-{read_state(run)['best_epoch']:04d}.keras"])
-    assert not [p for p in run.rglob(".*") if p.name != ".lock"]  # no temporary file anywhere
+    assert not [p for p in run.rglob(".*") if p.name not in (".lock", ".lock.pid")]  # no temporary file anywhere
 
 
 @pytest.mark.slow
@@ -273,6 +291,7 @@ def test_a_second_stop_signal_exits_at_once_and_keeps_the_last_epoch(sample, tmp
     load_model(run / "checkpoints" / state["model"])  # the saved epoch is intact
 
 
+@pytest.mark.slow
 def test_a_nan_after_saved_epochs_keeps_and_evaluates_the_best_and_can_resume(phantoms, tmp_path, monkeypatch):
     import cxr.train
 

@@ -2,8 +2,10 @@
 
 The model outputs softmax probabilities, and softmax(log p / T) equals the softmax of the logits
 divided by T, so the temperature is fitted and applied on probabilities without changing the model.
-It is fitted on the validation split (minimum negative log-likelihood) and kept beside the model in
-`calibration.json`.
+It is fitted on the validation split (minimum negative log-likelihood) by every evaluation and kept in
+that evaluation's folder (`eval*/calibration.json`), with the SHA-256 of the model file it was fitted
+for. `cxr predict --calibrated` and `cxr serve` use the newest evaluation's temperature for the very
+model file they load, and name the file they took it from.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 
 from cxr import files
+from cxr.errors import UserError
+from cxr.run import CALIBRATION_FILE, evaluation_dirs
 
-CALIBRATION_FILE = "calibration.json"
 _TINY = 1e-12
 
 
@@ -63,18 +66,50 @@ def expected_calibration_error(truth: np.ndarray, probabilities: np.ndarray, bin
     return float((filled["count"] * (filled["accuracy"] - filled["confidence"]).abs()).sum() / len(truth))
 
 
-def save_temperature(run_dir: str | os.PathLike, record: dict) -> Path:
-    return files.write_json(Path(run_dir) / CALIBRATION_FILE, record)
+def save_temperature(eval_dir: str | os.PathLike, record: dict) -> Path:
+    """Keep an evaluation's temperature in its own folder; an earlier evaluation's is never overwritten."""
+    return files.write_json(Path(eval_dir) / CALIBRATION_FILE, record)
 
 
-def read_temperature(model_path: str | os.PathLike) -> float | None:
-    """The temperature fitted for the model at `model_path` (from calibration.json beside it), if any
-    and if it was fitted for this very file."""
-    path = Path(model_path).parent / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text(encoding="utf-8"))
-    keras_path = Path(model_path).with_suffix(".keras")
-    if record.get("model_sha256") and keras_path.is_file() and record["model_sha256"] != files.sha256(keras_path):
-        return None
-    return float(record["temperature"])
+def _candidates(model_path: Path) -> list[Path]:
+    """Calibration files for a model, newest evaluation first; last, the run-level file that runs
+    evaluated before each evaluation kept its own still have."""
+    run_dir = model_path.parent
+    paths = [folder / CALIBRATION_FILE for folder in evaluation_dirs(run_dir)] + [run_dir / CALIBRATION_FILE]
+    return [path for path in paths if path.is_file()]
+
+
+def find_temperature(model_path: str | os.PathLike) -> tuple[float, Path] | None:
+    """The temperature the newest evaluation fitted for the model at `model_path`, and its file.
+
+    Args:
+        model_path: a model file (.keras or .onnx) in a run folder.
+
+    Returns:
+        (temperature, calibration.json path), or None when no evaluation fitted one for this very
+        model file (the .keras file's SHA-256 must match: a run trained further needs a new evaluation).
+    """
+    model_path = Path(model_path)
+    keras_path = model_path.with_suffix(".keras")
+    digest = files.sha256(keras_path) if keras_path.is_file() else None
+    for path in _candidates(model_path):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if digest and record.get("model_sha256") and record["model_sha256"] != digest:
+            continue
+        return float(record["temperature"]), path
+    return None
+
+
+def require_temperature(model_path: str | os.PathLike) -> tuple[float, Path]:
+    """find_temperature, or a UserError that says why there is none and what to do."""
+    found = find_temperature(model_path)
+    if found is not None:
+        return found
+    model_path = Path(model_path)
+    why = ("every calibration.json there was fitted for another version of the model"
+           if _candidates(model_path) else "no evaluation of it has fitted one")
+    raise UserError(f"no temperature for {model_path.with_suffix('.keras')}: {why}; run cxr evaluate "
+                    f"{model_path.parent}")

@@ -11,14 +11,13 @@ dies at, `state.json` names a complete pair: at most the epoch in flight is lost
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 import keras
 import numpy as np
 import pandas as pd
@@ -27,6 +26,7 @@ from cxr import files
 from cxr.adaptive import AdaptiveLR, AskToContinue, current_learning_rate
 from cxr.callbacks import EpochLog
 from cxr.errors import UserError
+from cxr.run import STATE_FILE, now
 
 STATE_FORMAT = 1
 
@@ -49,7 +49,7 @@ def set_seed_states(model: keras.Model, states: list[list[int]]) -> None:
 
 
 def state_path(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "checkpoints" / "state.json"
+    return Path(run_dir) / STATE_FILE
 
 
 def read_state(run_dir: str | os.PathLike) -> dict[str, Any] | None:
@@ -124,7 +124,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.state["ask"] = self.asker.get_state()
         self.state.update(epochs=self.epochs, best_epoch=self.adaptive.best_epoch,
                           adaptive=self.adaptive.get_state(),
-                          history=self.log.rows, saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                          history=self.log.rows, saved=now())
         files.write_csv(self.run_dir / "history.csv", pd.DataFrame(self.log.rows))
         files.write_json(state_path(self.run_dir), self.state)
         self.saved_epoch = self.state["epoch"]
@@ -136,26 +136,30 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.commit()
 
 
+LOCK_FILE = ".lock"
+OWNER_FILE = ".lock.pid"  # beside the lock: Windows forbids reading a locked file
+
+
 @contextlib.contextmanager
 def lock_run(run_dir: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on a run folder; a second live process is refused with its pid.
 
-    The operating system drops the lock when the process dies, however it dies.
+    The lock is the operating system's (flock on POSIX, LockFileEx on Windows, through `filelock`),
+    so it is dropped when the process dies, however it dies: a killed run leaves no stale lock.
     """
-    path = Path(run_dir) / ".lock"
-    handle = open(path, "a+")  # noqa: SIM115 - held for the whole block
+    run_dir = Path(run_dir)
+    lock = filelock.FileLock(run_dir / LOCK_FILE, timeout=0)
     try:
+        lock.acquire()
+    except filelock.Timeout:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            pid = handle.read().strip() or "unknown"
-            raise RunBusyError(f"{run_dir} is being written by a live process (pid {pid}); "
-                               "wait for it to finish or stop it first") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+            pid = (run_dir / OWNER_FILE).read_text(encoding="utf-8").strip() or "unknown"
+        except OSError:
+            pid = "unknown"
+        raise RunBusyError(f"{run_dir} is being written by a live process (pid {pid}); "
+                           "wait for it to finish or stop it first") from None
+    try:
+        files.write_text(run_dir / OWNER_FILE, str(os.getpid()))
         yield
     finally:
-        handle.close()
+        lock.release()

@@ -45,7 +45,11 @@ def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cxr.environment import version_line
+
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classification with DenseNet169 on Keras 3.")
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="the versions of cxr, Keras and the active backend, and exit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="train and evaluate on a built-in synthetic dataset (no download)")
@@ -123,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="onnx: ONNX Runtime on the exported model.onnx (no TensorFlow needed); "
                               "auto (default): onnx when the run has a current export, else keras")
     predict.add_argument("--calibrated", action="store_true",
-                         help="temperature-scaled probabilities (the temperature cxr evaluate fitted on val)")
+                         help="temperature-scaled probabilities (the temperature the newest evaluation of this "
+                              "model fitted on val)")
     predict.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
                          help="compute precision for the keras engine (default: the model's own)")
 
@@ -235,9 +240,10 @@ def run_predict(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{args.csv} already exists; choose a new file name")
     predictor = load_predictor(args.model, args.engine, args.batch_size, precision=args.precision,
                                echo=lambda text: print(text, file=sys.stderr), calibrated=args.calibrated)
-    calibrated = f", temperature {float(predictor.metadata['temperature']):.3f}" if args.calibrated else ""
+    calibrated = (f", temperature {float(predictor.metadata['temperature']):.3f} from "
+                  f"{predictor.metadata['temperature_file']}" if args.calibrated else "")
     print(f"model: {predictor.path} ({predictor.engine}, {predictor.precision}{calibrated})", file=sys.stderr)
-    frame = predict_files(predictor, args.paths)
+    frame = predict_files(predictor, args.paths, echo=lambda text: print(text, file=sys.stderr))
     if frame.empty:
         print("no image files found in the given paths", file=sys.stderr)
         return 1

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import pandas as pd
 
 from cxr.errors import UserError
 from cxr.metrics import format_interval
+from cxr.run import METRICS_FILE, evaluation_dirs
 
 HEADLINE = [("accuracy", "overall", "accuracy"), ("balanced accuracy", "overall", "balanced_accuracy"),
             ("macro F1", "macro", "f1"), ("macro ROC AUC", "macro", "roc_auc"), ("macro PR AUC", "macro", "pr_auc"),
@@ -18,13 +18,12 @@ HEADLINE = [("accuracy", "overall", "accuracy"), ("balanced accuracy", "overall"
 
 
 def latest_metrics(run: str | os.PathLike) -> tuple[Path, dict]:
-    """The newest complete evaluation of a run (eval/, eval-2/, ...: the highest number with metrics.json)."""
+    """The newest complete evaluation of a run (eval/, eval-2/, ...; not one of an interrupted training)."""
     run = Path(run)
-    folders = [p for p in run.glob("eval*") if re.fullmatch(r"eval(-\d+)?", p.name) and (p / "metrics.json").is_file()]
+    folders = evaluation_dirs(run, interrupted=False)
     if not folders:
         raise UserError(f"{run}: no evaluation with metrics.json (run cxr evaluate {run})")
-    newest = max(folders, key=lambda p: int(p.name.split("-")[1]) if "-" in p.name else 1)
-    return newest, json.loads((newest / "metrics.json").read_text(encoding="utf-8"))
+    return folders[0], json.loads((folders[0] / METRICS_FILE).read_text(encoding="utf-8"))
 
 
 def compare_runs(runs: list[str | os.PathLike]) -> pd.DataFrame:

@@ -19,6 +19,9 @@ from cxr.errors import ConfigError
 BACKBONES = ("densenet169", "tiny")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DISTRIBUTE = ("auto", "none")
+# Where a run's config.yaml records the software that made it (cxr.environment.software): a record,
+# not a setting, so reading the file back (--config, --resume) leaves it out.
+ENVIRONMENT_KEY = "environment"
 
 
 @dataclass
@@ -120,8 +123,12 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+    def to_yaml(self, environment: dict[str, Any] | None = None) -> str:
+        """The settings as YAML; with `environment`, that record too, under `environment:` at the end."""
+        data = self.to_dict()
+        if environment:
+            data[ENVIRONMENT_KEY] = environment
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 FIELDS = {f.name for f in dataclasses.fields(Config)}
@@ -138,6 +145,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
+    data.pop(ENVIRONMENT_KEY, None)  # a run's config.yaml records where it was made; not a setting
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(FIELDS))}")

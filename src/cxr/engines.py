@@ -104,19 +104,18 @@ def load_predictor(
     calibrated: bool = False,
 ) -> Predictor:
     """Load a run folder, a .keras file or a .onnx file; with `calibrated`, its probabilities are
-    temperature-scaled with the temperature `cxr evaluate` fitted for this model (calibration.json)."""
+    temperature-scaled with the temperature the newest evaluation of this model fitted (its
+    `eval*/calibration.json`, named in `metadata["temperature_file"]`)."""
     predictor = _load_predictor(model, engine, batch_size, precision, echo)
     if not calibrated:
         return predictor
-    from cxr.calibration import CALIBRATION_FILE, apply_temperature, read_temperature
+    from cxr.calibration import apply_temperature, require_temperature
 
-    temperature = read_temperature(predictor.path.with_suffix(".keras"))
-    if temperature is None:
-        raise UserError(f"no temperature for {predictor.path.with_suffix('.keras')}: {CALIBRATION_FILE} beside it "
-                        "is missing or was fitted for another version of the model; run cxr evaluate on the run")
+    temperature, source = require_temperature(predictor.path)
     return dataclasses.replace(predictor, predict=lambda images: apply_temperature(predictor.predict(images),
                                                                                    temperature),
-                               metadata={**predictor.metadata, "temperature": str(temperature)})
+                               metadata={**predictor.metadata, "temperature": str(temperature),
+                                         "temperature_file": str(source)})
 
 
 def _load_predictor(

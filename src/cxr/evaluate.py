@@ -6,7 +6,6 @@ evaluation is never overwritten).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,10 +15,12 @@ import yaml
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss
 
 from cxr import calibration, files, sources
-from cxr.checkpoint import state_path
+from cxr.config import ENVIRONMENT_KEY
 from cxr.data.batches import label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.split import SPLITS, read_split
+from cxr.environment import software
+from cxr.errors import DatasetError
 from cxr.metrics import clinical_metrics, format_interval, per_class_frame
 from cxr.model import load_model, predict_array
 from cxr.plots import (
@@ -30,22 +31,17 @@ from cxr.plots import (
     plot_training_curves,
 )
 from cxr.report import write_report
+from cxr.run import CONFIG_FILE, now, training_summary
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
-    path = Path(run_dir) / "config.yaml"
+    """The run's settings from its config.yaml (without the `environment` it records)."""
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: {path.name} is missing")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def training_summary(run_dir: str | os.PathLike) -> dict | None:
-    """How far the run's training got (from checkpoints/state.json), for metrics.json."""
-    path = state_path(run_dir)
-    if not path.is_file():
-        return None
-    state = json.loads(path.read_text(encoding="utf-8"))
-    return {key: state.get(key) for key in ("status", "epoch", "epochs", "best_epoch")}
+    settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    settings.pop(ENVIRONMENT_KEY, None)
+    return settings
 
 
 def cross_entropy(targets: np.ndarray, probabilities: np.ndarray, n_classes: int) -> float:
@@ -102,10 +98,15 @@ def evaluate_run(
     size = int(model.input_shape[1])
     batch_size = batch_size or max(32, int(config.get("batch_size", 16)))
     split = read_split(run_dir / "split")
+    root = Path(split.root or config["data"])
+    if not images and not root.is_dir():
+        raise DatasetError(f"the dataset folder of {run_dir} is not found: {root}"
+                           + (" (recorded relative to the folder the run was trained from: run cxr from there)"
+                              if not root.is_absolute() else ""))
     out = files.new_numbered_dir(run_dir / out_name)  # eval/, then eval-2/...: earlier results stay
 
-    metrics = {"run": run_dir.name, "model": model_path.name, "classes": classes,
-               "training": training_summary(run_dir), "splits": {}}
+    metrics = {"run": run_dir.name, "model": model_path.name, "classes": classes, "evaluated": now(),
+               "software": software(), "training": training_summary(run_dir), "splits": {}}
     outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in splits:
         frame = split.frames[name]
@@ -147,7 +148,7 @@ def evaluate_run(
                                                                    resamples, seed)}
         files.write_csv(out / "metrics_per_class.csv", per_class_frame(metrics["clinical"]))
         if "val" in outputs:
-            metrics["calibration"] = _calibrate(run_dir, model_path, outputs["val"], outputs["test"], out)
+            metrics["calibration"] = _calibrate(model_path, outputs["val"], outputs["test"], out)
         metrics["sources"] = _audit_sources(split, split.root or config["data"], classes, outputs["test"], out)
         plot_roc_pr(test_truth, test_probabilities, classes, out / "roc_pr.png")
         _gradcam_grid(model, test_images, split.frames["test"], outputs["test"], classes, out / "gradcam_test.png")
@@ -178,7 +179,7 @@ def evaluate_run(
     if "calibration" in metrics:
         c = metrics["calibration"]
         echo(f"  calibration: test ECE {c['test_ece_before']:.3f} -> {c['test_ece_after']:.3f} with temperature "
-             f"{c['temperature']:.3f} fitted on val (saved in {calibration.CALIBRATION_FILE})")
+             f"{c['temperature']:.3f} fitted on val (saved in {out / calibration.CALIBRATION_FILE})")
     metrics["eval_dir"] = str(out)
     return metrics
 
@@ -214,9 +215,10 @@ def _gradcam_grid(model, images: np.ndarray, frame: pd.DataFrame, test: tuple[np
     return plot_gradcam_grid(panels, path)
 
 
-def _calibrate(run_dir: Path, model_path: Path, val: tuple[np.ndarray, np.ndarray],
-               test: tuple[np.ndarray, np.ndarray], out: Path) -> dict:
-    """Fit the temperature on val, keep it beside the model, and measure test calibration before and after."""
+def _calibrate(model_path: Path, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+               out: Path) -> dict:
+    """Fit the temperature on val, keep it in the evaluation's folder, and measure test calibration before
+    and after."""
     temperature = calibration.fit_temperature(*val)
     scaled = calibration.apply_temperature(test[1], temperature)
     before = calibration.reliability_bins(test[0], test[1])
@@ -230,7 +232,7 @@ def _calibrate(run_dir: Path, model_path: Path, val: tuple[np.ndarray, np.ndarra
         "test_nll_after": calibration.negative_log_likelihood(test[0], scaled),
         "bins": len(before),
     }
-    calibration.save_temperature(run_dir, record)
+    calibration.save_temperature(out, record)
     files.write_csv(out / "reliability.csv", pd.concat([before.assign(probabilities="model"),
                                                         after.assign(probabilities="calibrated")]))
     plot_reliability(before, after, (record["test_ece_before"], record["test_ece_after"]), temperature,

@@ -104,7 +104,10 @@ def explain_files(model_path: str | os.PathLike, paths: list[str | os.PathLike],
     size = int(model.input_shape[1])
     rows = []
     out.mkdir(parents=True)
-    for path in find_images(paths):
+    found = find_images(paths)
+    if found.summary():
+        echo(found.summary())
+    for path in found.files:
         try:
             gray = read_gray(path)
         except ImageError as error:

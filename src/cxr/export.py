@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from cxr import __version__, files
 from cxr.errors import UserError
+from cxr.run import run_dir_of, training_summary
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -28,20 +30,45 @@ class ExportError(UserError, RuntimeError):
     """The export cannot run here, or its result does not match the Keras model."""
 
 
-def _converter() -> tuple[Any, Any, Any]:
+def _check_converter() -> None:
+    """Fail early, with the fix, when this environment cannot convert."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
         raise ExportError(f"ONNX export converts a TensorFlow graph, but Keras runs on {keras.backend.backend()}; "
                           "run it with KERAS_BACKEND=tensorflow (the .keras file works on any backend)")
     try:
-        import onnx
-        import tensorflow as tf
-        import tf2onnx  # noqa: F401 (imported for its availability; Keras' shim below uses it)
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import tensorflow  # noqa: F401
+        import tf2onnx  # noqa: F401 (what Keras' model.export(format="onnx") converts with)
     except ImportError as error:
-        raise ExportError(f"ONNX export needs TensorFlow and tf2onnx ({error}); "
+        raise ExportError(f"ONNX export needs TensorFlow, tf2onnx and ONNX Runtime ({error}); "
                           "install them with: pip install 'cxr[tensorflow-cpu,onnx]'") from None
-    return tf, onnx, tf2onnx
+
+
+def _inference_graph(model, size: int):
+    """The model called with training=False, as a model of its own: Keras' exporter traces a plain call,
+    which would otherwise keep the training-only flip (a random op ONNX Runtime does not have)."""
+    import keras
+
+    image = keras.Input((size, size, 1), dtype="uint8", name=INPUT_NAME)
+    return keras.Model(image, model(image, training=False), name=f"{model.name}_inference")
+
+
+def _to_onnx(model, size: int):
+    """The ONNX proto of `model`, through Keras' public `Model.export(format="onnx")`."""
+    import keras
+    import onnx
+
+    spec = keras.InputSpec(shape=(None, size, size, 1), dtype="uint8", name=INPUT_NAME)
+    with tempfile.TemporaryDirectory(prefix="cxr-export-") as folder:
+        path = Path(folder) / "model.onnx"
+        with warnings.catch_warnings():  # Keras' numpy-2 shim for tf2onnx warns about `np.object`
+            warnings.simplefilter("ignore", FutureWarning)
+            _inference_graph(model, size).export(str(path), format="onnx", input_signature=[spec],
+                                                 opset_version=OPSET, verbose=False)
+        return onnx.load(str(path))
 
 
 def probe_images(size: int, count: int = 8, seed: int = 0) -> np.ndarray:
@@ -58,11 +85,13 @@ def export_onnx(
     out: str | os.PathLike | None = None,
     classes: list[str] | None = None,
     echo=print,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write `model.onnx` (or `out`) for a .keras model or run folder; never overwrites.
 
-    The file carries the class names, the image size and the SHA-256 of the .keras file it came from
-    (so a model trained further after the export is not served from a stale ONNX file). Raises
+    The file carries the class names, the image size, when the run's training ended (if known) and
+    the SHA-256 of the .keras file it came from (so a model trained further after the export is not
+    served from a stale ONNX file); `metadata` adds entries of the caller's. Raises
     ExportError when ONNX Runtime's outputs differ from Keras' by more than 1e-4 on the probe images.
     """
     from cxr.engines import model_classes, model_file
@@ -73,8 +102,9 @@ def export_onnx(
     out = Path(out) if out is not None else model_path.with_suffix(".onnx")
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose another file with --out")
-    tf, onnx, tf2onnx = _converter()
-    from keras.src.export.tf2onnx_lib import patch_tf2onnx  # Keras' own numpy-2 shim for tf2onnx
+    _check_converter()
+    import onnx
+    import onnxruntime
 
     model = with_precision(load_model(model_path), "fp32")  # ONNX export traces float32 models only
     for layer in model.layers:
@@ -83,22 +113,19 @@ def export_onnx(
         layer.activity_regularizer = None
     size = int(model.input_shape[1])
     classes = classes or model_classes(model_path, int(model.output_shape[-1]))
-    spec = (tf.TensorSpec((None, size, size, 1), tf.uint8, name=INPUT_NAME),)
-    forward = tf.function(lambda image: model(image, training=False), input_signature=spec, autograph=False)
     echo(f"exporting {model_path} to ONNX (opset {OPSET})...")
-    with warnings.catch_warnings():  # the shim's own `hasattr(np, "object")` warns on numpy 2
-        warnings.simplefilter("ignore", FutureWarning)
-        patch_tf2onnx()
-    proto, _ = tf2onnx.convert.from_function(forward, input_signature=spec, opset=OPSET)
+    proto = _to_onnx(model, size)
+    run_dir = run_dir_of(model_path)
+    summary = training_summary(run_dir) if run_dir else None
     onnx.helper.set_model_props(proto, {
         "classes": json.dumps(classes), "image_size": str(size), "source_model": model_path.name,
-        "source_sha256": files.sha256(model_path), "cxr_version": __version__})
-
-    import onnxruntime
+        "source_sha256": files.sha256(model_path), "cxr_version": __version__,
+        **({"trained": summary["ended"]} if summary and summary.get("ended") else {}), **(metadata or {})})
 
     probe = probe_images(size)
     session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    difference = float(np.abs(session.run(None, {INPUT_NAME: probe})[0] - predict_array(model, probe)).max())
+    outputs = session.run(None, {session.get_inputs()[0].name: probe})[0]
+    difference = float(np.abs(outputs - predict_array(model, probe)).max())
     if not difference <= TOLERANCE:
         raise ExportError(f"the ONNX model's probabilities differ from Keras' by {difference:.2e} "
                           f"(more than {TOLERANCE:g}); nothing was written")

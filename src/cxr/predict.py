@@ -3,30 +3,57 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cxr.data.images import IMAGE_SUFFIXES, load_image
+from cxr.data.images import load_image, looks_like_image
 from cxr.engines import Predictor, load_predictor
 from cxr.errors import ImageError
 
 
-def find_images(paths: list[str | os.PathLike]) -> list[Path]:
+@dataclass(frozen=True)
+class FoundImages:
+    """The files to read, and what a walk of the given folders saw on the way."""
+
+    files: list[Path]
+    looked_at: int = 0  # files inside the given folders (hidden files aside)
+    not_images: list[Path] = field(default_factory=list)  # of those, files that are not images
+
+    def summary(self) -> str | None:
+        """One line about the folders' contents, or None when only files were given."""
+        if not self.looked_at:
+            return None
+        skipped = ""
+        if self.not_images:
+            names = ", ".join(p.name for p in self.not_images[:3]) + (", ..." if len(self.not_images) > 3 else "")
+            skipped = f"; {len(self.not_images)} not image(s) left out ({names})"
+        return f"looked at {self.looked_at} file(s) in the given folder(s): " \
+               f"{self.looked_at - len(self.not_images)} image(s){skipped}"
+
+
+def find_images(paths: list[str | os.PathLike]) -> FoundImages:
     """Files as given, and every image file under each folder (recursively, sorted).
 
-    A path that does not exist is kept, so that it is reported like any unreadable file.
+    In a folder a file is an image by its suffix (.png, .jpg, .jpeg, .dcm) or, whatever its name, by its
+    content (the PNG or JPEG signature, the DICOM preamble): PACS exports often have no extension.
+    Hidden files are left out. A path given by name is kept even if it is missing or not an image, so
+    that it is reported like any unreadable file.
     """
     found: list[Path] = []
+    looked_at, not_images = 0, []
     for path in map(Path, paths):
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*")
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                                and not p.name.startswith(".")))
-        else:
+        if not path.is_dir():
             found.append(path)
-    return found
+            continue
+        for candidate in sorted(p for p in path.rglob("*") if p.is_file()):
+            if any(part.startswith(".") for part in candidate.relative_to(path).parts):
+                continue
+            looked_at += 1
+            (found if looks_like_image(candidate) else not_images).append(candidate)
+    return FoundImages(found, looked_at, not_images)
 
 
 def predict_files(
@@ -34,18 +61,23 @@ def predict_files(
     paths: list[str | os.PathLike],
     batch_size: int = 32,
     engine: str = "auto",
+    echo=None,
 ) -> pd.DataFrame:
     """One row per file: predicted class, its probability, every class probability, and an
     `error` column that says why a file could not be read (its probabilities are empty).
 
     `model` is a loaded Predictor, or a run folder, .keras or .onnx file loaded with `engine`.
+    `echo`, if given, is told what the walk of the folders found (how many files, how many not images).
     """
     if not isinstance(model, Predictor):
         model = load_predictor(model, engine, batch_size)
     classes, size = model.classes, model.image_size
 
     images, rows = [], []
-    for path in find_images(paths):
+    found = find_images(paths)
+    if echo and found.summary():
+        echo(found.summary())
+    for path in found.files:
         try:
             images.append(load_image(path, size))
             rows.append({"file": str(path), "error": ""})

@@ -11,6 +11,7 @@ import base64
 import io
 import os
 import queue
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -19,7 +20,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 
@@ -27,6 +28,7 @@ from cxr import files
 from cxr.data.images import decode_gray, image_format, resize_square
 from cxr.engines import model_file
 from cxr.errors import ImageError
+from cxr.run import run_dir_of, training_summary
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 60_000_000  # about 7,700 x 7,700: any radiograph; a decompression bomb is far larger
@@ -80,37 +82,71 @@ class ServedModel:
     """The model behind the API, loaded in the background so that /healthz answers at once."""
 
     def __init__(self, model: str | os.PathLike, engine: str = "auto", max_batch: int | None = None,
-                 window_ms: float = 5.0):
-        self.max_batch, self.window_ms = max_batch, window_ms
+                 window_ms: float = 5.0, echo=print):
+        self.max_batch, self.window_ms, self.echo = max_batch, window_ms, echo
         self.batcher: MicroBatcher | None = None
         self.model_path = model_file(model)
-        self.run_dir = self.model_path.parent
+        self.run_dir = run_dir_of(self.model_path)
         self.engine = engine
         self.predictor = None
         self.error: str | None = None
         self.temperature: float | None = None
+        self.temperature_file: Path | None = None
+        self.explain_note: str | None = None  # why Grad-CAM is unavailable; None when it is
         self.model_id = ""
         self._keras_model = None
         self._lock = threading.Lock()
         self.loaded = threading.Event()
 
     def load(self) -> None:
-        from cxr.calibration import read_temperature
+        """Load the model and pay every first-call cost (compiling prediction and, where there is a Keras
+        model, Grad-CAM) before /readyz says ready."""
+        from cxr.calibration import find_temperature
         from cxr.engines import load_predictor
 
         try:
             self.predictor = load_predictor(self.model_path, self.engine, echo=lambda _: None)
             self.model_id = files.sha256(self.predictor.path)[:12]  # hashed once, not per request
-            size = self.predictor.image_size  # the first call compiles: pay it before /readyz says ready
-            self.predictor.predict(np.zeros((1, size, size, 1), np.uint8))
+            size = self.predictor.image_size
+            blank = np.zeros((1, size, size, 1), np.uint8)
+            self.predictor.predict(blank)
             if self.max_batch is None:
                 self.max_batch = default_max_batch(self.predictor.engine)
             if self.max_batch > 1:
                 self.batcher = MicroBatcher(self.predictor.predict, self.max_batch, self.window_ms)
-            self.temperature = read_temperature(self.model_path.with_suffix(".keras"))
+            found = find_temperature(self.model_path)
+            if found:
+                self.temperature, self.temperature_file = found
+            self.explain_note = self._explain_unavailable()
+            if self.explain_note is None:
+                try:  # compiles Grad-CAM now, so that the first explain=true request is as fast as the rest
+                    self.explain(blank)
+                except Exception as error:  # predictions still work; explanations are switched off, saying why
+                    self.explain_note = f"Grad-CAM failed on this model ({type(error).__name__}: {error})"
         except Exception as error:  # reported by /readyz and every request instead of crashing the server
             self.error = f"{type(error).__name__}: {error}"
         self.loaded.set()
+        self.echo(self.describe())
+
+    def describe(self) -> str:
+        """One line for the console: what is served, and with which temperature and explanations."""
+        if self.error:
+            return f"cxr serve: the model could not be loaded: {self.error}"
+        temperature = (f"temperature {self.temperature:.3f} from {self.temperature_file}" if self.temperature_file
+                       else "no temperature (no evaluation of this model fitted one)")
+        explain = "Grad-CAM on" if self.explain_note is None else f"Grad-CAM off ({self.explain_note})"
+        return f"cxr serve: {self.predictor.path} on {self.predictor.engine}; {temperature}; {explain}"
+
+    def _explain_unavailable(self) -> str | None:
+        keras_path = self.model_path.with_suffix(".keras")
+        if not keras_path.is_file():
+            return (f"no Keras model beside {self.model_path.name}: Grad-CAM needs {keras_path.name} "
+                    "(an ONNX model has no gradients)")
+        try:
+            import keras  # noqa: F401
+        except ImportError:
+            return "Keras is not installed: Grad-CAM needs it (pip install 'cxr[tensorflow-cpu]')"
+        return None
 
     def keras_model(self):
         """The Keras model, for Grad-CAM (ONNX has no gradients); loaded on first use."""
@@ -121,19 +157,36 @@ class ServedModel:
                 self._keras_model = load_model(self.model_path.with_suffix(".keras"))
             return self._keras_model
 
+    def explain(self, batch: np.ndarray) -> np.ndarray:
+        """The Grad-CAM heat map of one (1, size, size, 1) image for its predicted class."""
+        from cxr.explain import gradcam
+
+        heat, _ = gradcam(self.keras_model(), batch)
+        return heat[0]
+
     def info(self) -> dict[str, Any]:
         predictor = self.predictor
         info = {"model": str(self.model_path), "model_id": self.model_id,
                 "engine": predictor.engine, "classes": predictor.classes, "input_size": predictor.image_size,
-                "precision": predictor.precision, "temperature": self.temperature, "max_batch": self.max_batch,
-                "trained": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.model_path.stat().st_mtime))}
-        evaluation = _latest_evaluation(self.run_dir)
+                "precision": predictor.precision, "temperature": self.temperature,
+                "temperature_file": str(self.temperature_file) if self.temperature_file else None,
+                "max_batch": self.max_batch, "explanations": self.explain_note is None,
+                "explanations_note": self.explain_note, "trained": self.trained()}
+        evaluation = _latest_evaluation(self.run_dir) if self.run_dir else None
         if evaluation:
             clinical = evaluation.get("clinical") or {}
             info["test_metrics"] = {"images": evaluation["splits"].get("test", {}).get("images"),
                                     **{f"{group}_{name}": value for group in ("overall", "macro")
                                        for name, value in clinical.get(group, {}).items()}}
         return info
+
+    def trained(self) -> str:
+        """When training ended, from the run's own records (not a file time, which a copy changes); for an
+        exported file without its run, what the export recorded; otherwise "unknown"."""
+        summary = training_summary(self.run_dir) if self.run_dir else None
+        if summary and summary.get("ended"):
+            return summary["ended"]
+        return self.predictor.metadata.get("trained") or "unknown"
 
 
 def default_max_batch(engine: str) -> int:
@@ -187,14 +240,22 @@ def check_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, str]:
 
 def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_pixels: int = MAX_PIXELS, load_in_background: bool = True, max_batch: int | None = None,
-               window_ms: float = 5.0):
+               window_ms: float = 5.0, echo=None):
     """The FastAPI application serving `model` (a run folder, .keras or .onnx file).
 
     `max_batch` > 1 turns on micro-batching of concurrent requests (see MicroBatcher); 1 runs each
-    request's image alone, in the server's thread pool; None chooses by device (default_max_batch)."""
-    served = ServedModel(model, engine, max_batch, window_ms)
+    request's image alone, in the server's thread pool; None chooses by device (default_max_batch).
+    `echo` prints what is served once it has loaded (default: standard error, beside uvicorn's log)."""
+    echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
+    served = ServedModel(model, engine, max_batch, window_ms, echo)
     app = FastAPI(title="cxr", description="Chest X-ray classification. Research use only, not a medical device.")
     app.state.served = served
+
+    @app.exception_handler(Exception)
+    def unexpected(request: Request, error: Exception) -> JSONResponse:
+        """Every error a client sees is JSON, an unexpected one too (the traceback goes to the log)."""
+        return JSONResponse({"detail": f"internal server error: {type(error).__name__}: {error}"}, status_code=500)
+
     if load_in_background:
         threading.Thread(target=served.load, daemon=True).start()
     else:
@@ -229,6 +290,8 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
     @app.post("/v1/predict")
     def predict(file: UploadFile = File(...), explain: bool = Query(False)) -> dict:  # noqa: B008
         current = ready()
+        if explain and current.explain_note is not None:
+            raise HTTPException(409, f"explanations are not available from this server: {current.explain_note}")
         data = file.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"upload is over the limit of {max_upload_bytes:,} bytes")
@@ -255,10 +318,9 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
             result["calibrated_probabilities"] = dict(zip(predictor.classes, map(float, scaled), strict=True))
             result["temperature"] = current.temperature
         if explain:
-            from cxr.explain import gradcam, overlay
+            from cxr.explain import overlay
 
-            heat, _ = gradcam(current.keras_model(), batch)
-            ok, png = cv2.imencode(".png", overlay(gray, heat[0]))
+            ok, png = cv2.imencode(".png", overlay(gray, current.explain(batch)))
             result["gradcam_png_base64"] = base64.b64encode(png.tobytes()).decode("ascii")
         result["latency_ms"] = (time.perf_counter() - started) * 1000
         return result

@@ -28,10 +28,12 @@ from cxr.data.batches import ImageBatches, label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.prepare import prepare_split, summary_table
 from cxr.data.split import SPLITS, Split, read_split, write_split
+from cxr.environment import software
 from cxr.errors import ConfigError, DatasetError, UserError
 from cxr.evaluate import evaluate_run, read_run_config
 from cxr.model import build_model, compile_model, load_model, resolve_weights
 from cxr.precision import hardware_note, model_precision
+from cxr.run import CONFIG_FILE, recorded_environment
 from cxr.stopping import StopGuard, StopSignals, TrainingStopped, terminal_reader
 
 Reader = Callable[[str], "str | None"]
@@ -65,7 +67,7 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
         echo(f"run folder: {run_dir}")
         write_split(split, run_dir / "split")
         resolved = Config(**{**config.to_dict(), "data": split.root, "classes": split.classes})
-        files.write_text(run_dir / "config.yaml", resolved.to_yaml())
+        files.write_text(run_dir / CONFIG_FILE, resolved.to_yaml(environment=software()))
         echo(summary_table(split).to_string())
         groups = split.duplicates["group"].nunique() if len(split.duplicates) else 0
         echo(f"duplicate groups kept within one split: {groups} ({len(split.duplicates)} images)")
@@ -116,7 +118,7 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
                 raise ConfigError(f"{run_dir} has trained {done} epoch(s) already; --epochs must be more than that")
             config.epochs = epochs
             if chief:
-                files.write_text(run_dir / "config.yaml", config.validate().to_yaml())
+                files.write_text(run_dir / CONFIG_FILE, config.validate().to_yaml(recorded_environment(run_dir)))
             if state:
                 state["adaptive"].update(wait=0, reductions=0)
         elif complete and (run_dir / "eval").is_dir():

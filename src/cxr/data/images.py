@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cxr.data.dicom import decode_dicom, is_dicom
+from cxr.data.dicom import DICOM_MAGIC_OFFSET, decode_dicom, is_dicom
 from cxr.errors import ImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
@@ -34,6 +34,27 @@ def image_format(data: bytes) -> str | None:
         if data.startswith(signature):
             return name
     return None
+
+
+# What a folder walk accepts by content when the name does not say: PNG, JPEG and DICOM (PACS exports
+# are often named IM0001 with no extension). BMP's two-byte "BM" is too weak a sign to trust alone.
+_SNIFFED_FORMATS = ("PNG", "JPEG", "DICOM")
+_SNIFF_BYTES = DICOM_MAGIC_OFFSET + 4
+
+
+def looks_like_image(path: str | os.PathLike) -> bool:
+    """Whether a file found in a folder should be read as an image: an image suffix, or the first bytes
+    of a PNG, JPEG or DICOM file. An unreadable file with an image suffix still counts (and is then
+    reported with its reason); an unreadable file without one does not."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError:
+        return False
+    return image_format(head) in _SNIFFED_FORMATS
 
 
 def to_gray8(image: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pandas as pd
 
@@ -23,6 +24,7 @@ def prepare_split(config: Config, progress: bool = True, echo=print) -> Split:
         root = config.data or split.root
         if not root:
             raise DatasetError(f"{config.split} does not say which dataset folder its files are in; pass --data")
+        root = os.path.abspath(os.path.expanduser(root))  # the run must find it from any working folder
         labels = sorted(set().union(*(set(f["label"]) for f in split.frames.values())))
         echo(f"reusing the split in {config.split} (images relative to {root})")
         return dataclasses.replace(split, root=str(root), classes=list(config.classes or split.classes or labels))

@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from cxr.data.images import IMAGE_SUFFIXES, decode_gray, read_bytes
+from cxr.data.images import decode_gray, looks_like_image, read_bytes
 from cxr.errors import DatasetError, ImageError
 
 IMAGE_COLUMNS = ["file", "label", "md5", "phash", "height", "width"]
@@ -54,7 +54,7 @@ def discover_classes(root: Path) -> dict[str, tuple[str, list[Path]]]:
     found = {}
     for folder in sorted(_subfolders(root)):
         layout, files = _class_files(folder)
-        if layout == "kaggle" or any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+        if layout == "kaggle" or any(looks_like_image(p) for p in files):
             found[folder.name] = (layout, files)
     return found
 
@@ -94,7 +94,8 @@ def scan_dataset(
     progress: bool = True,
 ) -> Scan:
     """Scan a dataset folder; raise DatasetError when it cannot make a classification task."""
-    root = _resolve_root(Path(root).expanduser())
+    # Absolute, so that a run's config.yaml and split still find the images from any working folder.
+    root = _resolve_root(Path(os.path.abspath(Path(root).expanduser())))
     found = discover_classes(root)
     if classes:
         missing = [name for name in classes if name not in found]
