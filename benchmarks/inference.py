@@ -29,8 +29,8 @@ import onnxruntime  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from common import machine_info, save_result  # noqa: E402
 
-from cxr.engines import onnx_predictor  # noqa: E402
-from cxr.export import export_onnx  # noqa: E402
+from cxr.inference.engines import onnx_predictor  # noqa: E402
+from cxr.inference.export import export_onnx  # noqa: E402
 from cxr.model import build_model  # noqa: E402
 
 SIZE = 224

@@ -41,7 +41,7 @@ CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 def make_run(folder: Path) -> Path:
     import keras
 
-    from cxr.export import export_onnx
+    from cxr.inference.export import export_onnx
     from cxr.model import build_model
 
     keras.utils.set_random_seed(0)

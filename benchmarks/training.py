@@ -35,7 +35,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 BATCH = 16
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
-# "-all": data parallel over every local device (cxr.distribute), batch 16 per device.
+# "-all": data parallel over every local device (cxr.training.distribute), batch 16 per device.
 PIPELINES = ("reference", "cxr-fp32", "cxr-bf16", "cxr-fp32-all", "cxr-bf16-all")
 
 
@@ -56,11 +56,11 @@ def worker(pipeline: str, size: int, data: Path, cache: Path, steps: int, repeat
         batches = flow(dataset_frame(data), size, train=True, batch_size=BATCH, seed=0)
         model = reference_model(len(CLASSES), size, weights=None)
     else:
-        from cxr import distribute
         from cxr.backend import enable_compilation_cache
         from cxr.data.batches import ImageBatches
         from cxr.data.cache import cached_images
         from cxr.model import build_model, compile_model
+        from cxr.training import distribute
 
         enable_compilation_cache(cache / "xla")  # as `cxr train` does (JAX only)
         placement = distribute.plan("auto" if pipeline.endswith("-all") else "none")

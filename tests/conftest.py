@@ -58,7 +58,7 @@ def phantoms(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, phantoms) -> Path:
     """A finished run of the tiny backbone on phantoms: model, split, history and evaluation."""
-    from cxr.train import train
+    from cxr.training.loop import train
 
     config = resolve(data=str(phantoms), runs_dir=str(tmp_path_factory.mktemp("runs")), name="tiny",
                      backbone="tiny", weights="none", image_size=32, epochs=2, batch_size=8, seed=1,

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from cxr.adaptive import AdaptiveLR, AskToContinue, parse_answer
+from cxr.training.controller import AdaptiveLR
+from cxr.training.prompt import AskToContinue, parse_answer
 
 
 class FakeOptimizer:

@@ -38,7 +38,7 @@ def test_cached_images_equal_direct_decoding_and_are_a_read_only_memory_map(samp
 
 def test_a_second_use_reads_the_cache_without_decoding(sample, files, tmp_path, monkeypatch):
     first = cached_images(tmp_path, sample, files, 40, progress=False, echo=lambda _: None)
-    monkeypatch.setattr(cxr.data.batches, "load_image", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(cxr.data.cache, "load_image", lambda *a: pytest.fail("decoded again"))
     messages = []
     again = cached_images(tmp_path, sample, files, 40, progress=False, echo=messages.append)
     assert np.array_equal(first, again) and len(list(tmp_path.glob("*.npy"))) == 1
@@ -107,7 +107,7 @@ def test_cache_setting(tmp_path):
 @pytest.mark.slow
 def test_training_from_the_cache_equals_training_from_memory(phantoms, tmp_path):
     from cxr.config import resolve
-    from cxr.train import train
+    from cxr.training.loop import train
 
     histories = []
     for cache in ("none", "auto"):

@@ -7,12 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr import calibration, files
+from cxr import files
 from cxr.cli import main
-from cxr.engines import load_predictor
 from cxr.errors import UserError
-from cxr.metrics import PER_CLASS, point_metrics
-from cxr.predict import predict_files
+from cxr.evaluation import calibration
+from cxr.evaluation.metrics import PER_CLASS, point_metrics
+from cxr.inference.engines import load_predictor
+from cxr.inference.predict import predict_files
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 

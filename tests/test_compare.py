@@ -4,7 +4,7 @@ import json
 import shutil
 
 from cxr.cli import main
-from cxr.compare import compare_runs
+from cxr.evaluation.compare import compare_runs
 
 
 def test_compare_reads_the_newest_evaluation_of_each_run(tiny_run, tmp_path, capsys):

@@ -11,7 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptu
 
 from cxr.data.images import decode_gray, load_image
 from cxr.errors import ImageError
-from cxr.predict import predict_files
+from cxr.inference.predict import predict_files
 
 
 def ramp12(height=40, width=50) -> np.ndarray:

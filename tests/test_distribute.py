@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from conftest import only_run
 
-from cxr import distribute
 from cxr.config import resolve
 from cxr.data.batches import ImageBatches
 from cxr.errors import ConfigError
+from cxr.training import distribute
 
 TRAIN = ["train", "--backbone", "tiny", "--weights", "none", "--image-size", "32", "--epochs", "3",
          "--batch-size", "8", "--ask-epoch", "0", "--bootstrap", "0", "--seed", "1"]
@@ -42,7 +42,7 @@ def python(script: str, env: dict) -> subprocess.CompletedProcess:
 # separate after a few steps. That chaos is not what these tests are about; one step is.
 ONE_STEP = """
 import json, keras, numpy as np
-from cxr import distribute
+from cxr.training import distribute
 from cxr.model import build_model
 rng = np.random.default_rng(0)
 half = rng.integers(0, 255, (8, 32, 16, 1), dtype=np.uint8)
@@ -126,7 +126,7 @@ def test_jax_on_two_devices_shards_the_batch_and_matches_one_device(phantoms, tm
     env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     layout = python("""
         import json, keras, numpy as np
-        from cxr import distribute
+        from cxr.training import distribute
         from cxr.model import build_model
         plan = distribute.plan("auto")
         model = build_model(4, 32, "none", "tiny")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cxr.cli import main
-from cxr.explain import gradcam, overlay, split_model
+from cxr.inference.explain import gradcam, overlay, split_model
 from cxr.model import build_model, compile_model, load_model
 
 SIZE = 64
@@ -70,7 +70,7 @@ def test_split_model_reproduces_the_model_and_reaches_the_densenet_backbone():
     features, tail = split_model(model)
     assert features.output.shape[1:] == (2, 2, 1664) and [layer.name for layer in tail][0] == "max_pool"
     images = lesion_batch()[:2]
-    from cxr.explain import run_tail
+    from cxr.inference.explain import run_tail
 
     np.testing.assert_allclose(keras.ops.convert_to_numpy(run_tail(tail, features(images, training=False))),
                                model.predict_on_batch(images), atol=1e-5)
@@ -78,7 +78,7 @@ def test_split_model_reproduces_the_model_and_reaches_the_densenet_backbone():
 
 JAX_GRADCAM = """
 import sys, numpy as np
-from cxr.explain import gradcam
+from cxr.inference.explain import gradcam
 from cxr.model import load_model
 heat, _ = gradcam(load_model(sys.argv[1]), np.load(sys.argv[2]), class_index=1)
 np.save(sys.argv[3], heat)

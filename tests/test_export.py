@@ -10,11 +10,12 @@ import onnxruntime
 import pandas as pd
 import pytest
 
-from cxr import export, files
+from cxr import files
 from cxr.cli import main
-from cxr.engines import load_predictor
 from cxr.errors import UserError
-from cxr.predict import predict_files
+from cxr.inference import export
+from cxr.inference.engines import load_predictor
+from cxr.inference.predict import predict_files
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 

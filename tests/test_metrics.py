@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cxr.metrics import bootstrap_intervals, clinical_metrics, point_metrics, stratified_resamples
+from cxr.evaluation.metrics import bootstrap_intervals, clinical_metrics, point_metrics, stratified_resamples
 
 # Six cases, four classes; class 3 has no positives (and is never predicted).
 TRUTH = np.array([0, 0, 0, 1, 1, 2])

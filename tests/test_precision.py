@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from cxr import precision
-from cxr.adaptive import current_learning_rate
 from cxr.config import resolve
-from cxr.engines import load_predictor
 from cxr.errors import ConfigError, UserError
-from cxr.export import export_onnx, probe_images
+from cxr.inference.engines import load_predictor
+from cxr.inference.export import export_onnx, probe_images
 from cxr.model import build_model, compile_model, load_model
-from cxr.train import train
+from cxr.training.controller import current_learning_rate
+from cxr.training.loop import train
 
 
 def test_bf16_backbone_float32_head_and_the_global_policy_is_left_alone():
@@ -70,7 +70,7 @@ def test_a_bf16_run_trains_saves_its_precision_predicts_and_exports(phantoms, tm
     assert any("tiny" in line and ", bf16" in line for line in lines), lines
     assert precision.model_precision(load_model(run / "model.keras")) == "bf16"
     images = [phantoms / "COVID" / "images" / f"COVID-{i}.png" for i in range(1, 5)]
-    from cxr.predict import predict_files
+    from cxr.inference.predict import predict_files
 
     own = predict_files(run, images, engine="keras")
     assert load_predictor(run, engine="keras").precision == "bf16"

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 
 from cxr.cli import main
-from cxr.engines import model_classes
-from cxr.predict import find_images, predict_files
+from cxr.inference.engines import model_classes
+from cxr.inference.predict import find_images, predict_files
 
 
 def test_find_images_expands_folders_recursively_and_keeps_given_files(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cxr.serve import create_app
+from cxr.serve.app import create_app
 from tests.test_dicom import dicom_bytes, ramp12
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
@@ -108,7 +108,7 @@ def test_monochrome1_dicom_gets_the_prediction_of_its_monochrome2_twin(client):
 
 
 def test_requests_while_the_model_loads_get_503(tiny_run, monkeypatch):
-    from cxr import serve
+    from cxr.serve import app as serve
 
     monkeypatch.setattr(serve.ServedModel, "load", lambda self: None)  # never finishes loading
     client = TestClient(create_app(tiny_run))
@@ -121,7 +121,7 @@ def test_requests_while_the_model_loads_get_503(tiny_run, monkeypatch):
 def test_the_micro_batcher_groups_concurrent_requests_and_returns_each_its_own_row():
     import threading
 
-    from cxr.serve import MicroBatcher
+    from cxr.serve.app import MicroBatcher
 
     sizes = []
 
@@ -144,7 +144,7 @@ def test_the_micro_batcher_groups_concurrent_requests_and_returns_each_its_own_r
 
 
 def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
-    from cxr.serve import MicroBatcher
+    from cxr.serve.app import MicroBatcher
 
     calls = []
 
@@ -169,7 +169,8 @@ def test_batched_and_unbatched_serving_give_the_same_probabilities(tiny_run, sam
 
 
 def test_micro_batching_is_on_by_default_only_for_keras_on_an_accelerator(monkeypatch):
-    from cxr import backend, serve
+    from cxr import backend
+    from cxr.serve import app as serve
 
     assert serve.default_max_batch("onnx") == 1 and serve.default_max_batch("keras") == 1
     monkeypatch.setattr(backend, "accelerators", lambda: ["gpu:0"])

@@ -8,7 +8,7 @@ import time
 import pytest
 import uvicorn
 
-from cxr.serve import create_app
+from cxr.serve.app import create_app
 from tests.test_report import CHROMIUM_FLAGS, chromium
 
 

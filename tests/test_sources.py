@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from cxr.config import resolve
-from cxr.sources import UNKNOWN, assign_sources, read_sources, source_audit, warnings
-from cxr.train import train
+from cxr.evaluation.sources import UNKNOWN, assign_sources, read_sources, source_audit, warnings
+from cxr.training.loop import train
 
 
 @pytest.fixture(scope="module")

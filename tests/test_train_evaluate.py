@@ -11,8 +11,8 @@ import yaml
 from cxr.cli import main
 from cxr.config import resolve
 from cxr.data.split import SPLITS
-from cxr.evaluate import cross_entropy, report_frame
-from cxr.train import train
+from cxr.evaluation.evaluate import cross_entropy, report_frame
+from cxr.training.loop import train
 
 
 def test_a_run_folder_holds_everything_it_promises(tiny_run):

@@ -20,14 +20,14 @@ import pandas as pd
 import pytest
 from conftest import only_run
 
-from cxr.checkpoint import RunBusyError, lock_run, read_state
 from cxr.cli import main
 from cxr.config import resolve
 from cxr.errors import ConfigError, UserError
 from cxr.files import remove_temporaries
 from cxr.model import load_model
-from cxr.stopping import StopSignals, TrainingStopped, terminal_reader
-from cxr.train import resume, train
+from cxr.training.checkpoint import RunBusyError, lock_run, read_state
+from cxr.training.loop import resume, train
+from cxr.training.stopping import StopSignals, TrainingStopped, terminal_reader
 
 QUIET = dict(progress=False, echo=lambda *_: None)
 
@@ -73,13 +73,13 @@ def test_the_ask_schedule_survives_a_resume_without_a_terminal(phantoms, tmp_pat
 
 @pytest.mark.slow
 def test_a_run_stopped_early_resumes_only_with_more_epochs_and_a_fresh_allowance(phantoms, tmp_path, monkeypatch):
-    import cxr.train
+    import cxr.training.loop
 
-    class NeverImproves(cxr.train.AdaptiveLR):  # training accuracy falls after epoch 1, whatever happens
+    class NeverImproves(cxr.training.loop.AdaptiveLR):  # training accuracy falls after epoch 1, whatever happens
         def on_epoch_end(self, epoch, logs=None):
             super().on_epoch_end(epoch, {**logs, "accuracy": 0.5 if epoch == 0 else 0.4})
 
-    monkeypatch.setattr(cxr.train, "AdaptiveLR", NeverImproves)
+    monkeypatch.setattr(cxr.training.loop, "AdaptiveLR", NeverImproves)
     run = train(tiny_config(phantoms, tmp_path, epochs=6, stop_patience=2), **QUIET)
     assert read_state(run)["status"] == "stopped early" and read_state(run)["epoch"] == 3
     with pytest.raises(ConfigError, match=r"is complete \(stopped early after epoch 3 of 6\)"):
@@ -126,7 +126,7 @@ def test_resume_takes_no_other_settings(capsys):
 
 def test_a_locked_run_is_refused_with_the_pid_of_its_owner(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from cxr.checkpoint import lock_run\n"
+        "import sys, time; from cxr.training.checkpoint import lock_run\n"
         f"with lock_run({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -149,7 +149,7 @@ def test_training_imports_without_fcntl_as_on_windows():
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'fcntl': raise ImportError('no fcntl on Windows')\n"
         "sys.meta_path.insert(0, Block()); sys.modules.pop('fcntl', None)\n"
-        "import cxr.checkpoint, cxr.evaluate, cxr.train\n"
+        "import cxr.training.checkpoint, cxr.evaluation.evaluate, cxr.training.loop\n"
         "import filelock; assert filelock.FileLock is not None\n")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -293,17 +293,17 @@ def test_a_second_stop_signal_exits_at_once_and_keeps_the_last_epoch(sample, tmp
 
 @pytest.mark.slow
 def test_a_nan_after_saved_epochs_keeps_and_evaluates_the_best_and_can_resume(phantoms, tmp_path, monkeypatch):
-    import cxr.train
+    import cxr.training.loop
 
-    class NanInEpoch2(cxr.train.StopGuard):
+    class NanInEpoch2(cxr.training.loop.StopGuard):
         def on_train_batch_end(self, batch, logs=None):
             super().on_train_batch_end(batch, {"loss": float("nan")} if self.epoch == 2 else logs)
 
-    class NanValidationInEpoch3(cxr.train.StopGuard):
+    class NanValidationInEpoch3(cxr.training.loop.StopGuard):
         def on_epoch_end(self, epoch, logs=None):
             super().on_epoch_end(epoch, {**logs, "val_loss": float("inf")} if epoch == 2 else logs)
 
-    monkeypatch.setattr(cxr.train, "StopGuard", NanInEpoch2)
+    monkeypatch.setattr(cxr.training.loop, "StopGuard", NanInEpoch2)
     with pytest.raises(TrainingStopped) as caught:
         train(tiny_config(phantoms, tmp_path, epochs=4), **QUIET)
     run = only_run(tmp_path)
@@ -314,7 +314,7 @@ def test_a_nan_after_saved_epochs_keeps_and_evaluates_the_best_and_can_resume(ph
     assert state["status"] == "nan" and state["epoch"] == 1 and (run / "model.keras").is_file()
 
     # A non-finite validation loss stops too, and that epoch's weights are not saved.
-    monkeypatch.setattr(cxr.train, "StopGuard", NanValidationInEpoch3)
+    monkeypatch.setattr(cxr.training.loop, "StopGuard", NanValidationInEpoch3)
     with pytest.raises(TrainingStopped, match="the validation loss became inf at the end of epoch 3"):
         resume(run, learning_rate=1e-4, **QUIET)
     assert read_state(run)["epoch"] == 2

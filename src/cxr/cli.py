@@ -194,15 +194,15 @@ def run_split(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     from cxr.config import resolve
-    from cxr.train import train
+    from cxr.training.loop import train
 
     names = DATA_SETTINGS + ["split", "name", "runs_dir", "epochs", "batch_size", "image_size",
                              "learning_rate", "weights", "backbone", "bn_momentum", "threshold", "patience",
                              "factor", "stop_patience", "dwell", "ask_epoch", "deterministic", "precision",
                              "bootstrap", "bootstrap_seed", "distribute", "per_device_batch", "scale_learning_rate"]
     from cxr.config import Config
-    from cxr.distribute import join_processes
-    from cxr.evaluate import read_run_config
+    from cxr.evaluation.evaluate import read_run_config
+    from cxr.training.distribute import join_processes
 
     if args.resume:
         others = [name for name, value in _settings(args, names + ["config"]).items()
@@ -216,7 +216,7 @@ def run_train(args: argparse.Namespace) -> int:
         config = resolve(args.config, **_settings(args, names))
     join_processes(args.coordinator, args.num_processes, args.process_id, config.seed, config.deterministic)
     if args.resume:
-        from cxr.train import resume
+        from cxr.training.loop import resume
 
         resume(args.resume, epochs=args.epochs, learning_rate=args.learning_rate)
         return 0
@@ -225,7 +225,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from cxr.evaluate import evaluate_run
+    from cxr.evaluation.evaluate import evaluate_run
 
     evaluate_run(args.run, batch_size=args.batch_size, bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed)
     return 0
@@ -233,8 +233,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from cxr import files
-    from cxr.engines import load_predictor
-    from cxr.predict import format_table, predict_files
+    from cxr.inference.engines import load_predictor
+    from cxr.inference.predict import format_table, predict_files
 
     if args.csv and Path(args.csv).exists():
         raise FileExistsError(f"{args.csv} already exists; choose a new file name")
@@ -255,7 +255,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from cxr.compare import compare_runs
+    from cxr.evaluation.compare import compare_runs
 
     print(compare_runs(args.runs).to_string())
     print("\n95 % bootstrap intervals in brackets; metrics on each run's own test split")
@@ -263,7 +263,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from cxr.explain import explain_files
+    from cxr.inference.explain import explain_files
 
     frame = explain_files(args.model, args.paths, args.out, args.class_name)
     if frame.empty:
@@ -273,7 +273,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from cxr.serve import serve
+    from cxr.serve.app import serve
 
     serve(args.model, args.host, args.port, args.engine, int(args.max_upload_mb * 1024 * 1024), args.max_batch,
           args.batch_window_ms)
@@ -284,7 +284,7 @@ def run_export(args: argparse.Namespace) -> int:
     # tf2onnx converts TensorFlow graphs; a .keras file from any backend loads on TensorFlow.
     if "keras" not in sys.modules:
         os.environ["KERAS_BACKEND"] = "tensorflow"
-    from cxr.export import export_onnx
+    from cxr.inference.export import export_onnx
 
     export_onnx(args.model, args.out)
     return 0

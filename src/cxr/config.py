@@ -45,7 +45,7 @@ class Config:
     duplicate_distance: int = 20  # perceptual-hash bits (of 256) within which images are copies
     workers: int = 0  # image decoding threads; 0 = one per core
     cache_dir: str = "auto"  # decoded-image cache: auto = <runs_dir>/cache, none = off, or a folder
-    # The reference's learning-rate controller (see cxr.adaptive): monitor training accuracy until
+    # The reference's learning-rate controller (see cxr.training.controller): monitor training accuracy until
     # `threshold`, then val_loss; after `patience` epochs without improvement multiply the rate by
     # `factor` (and with `dwell` go back to the best weights); stop after `stop_patience` reductions.
     threshold: float = 0.9
@@ -56,7 +56,7 @@ class Config:
     ask_epoch: int | None = 5  # ask whether to go on after this epoch (terminal only); 0/null: never
     deterministic: bool = False  # deterministic kernels: same seed, same history (can be slower on GPU)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (Keras mixed precision: float32 weights, bf16/fp16 compute)
-    # Data parallelism (see cxr.distribute): auto uses every local GPU (and every process of a job);
+    # Data parallelism (see cxr.training.distribute): auto uses every local GPU (and every process of a job);
     # the global batch is per_device_batch x devices when set, else batch_size; scale_learning_rate
     # multiplies the rate by global batch / batch_size (the linear scaling rule).
     distribute: str = "auto"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cxr.config import resolve
 from cxr.data.synthetic import write_synthetic_dataset
-from cxr.train import train
+from cxr.training.loop import train
 
 DEMO_DEFAULTS = {"per_class": 150, "source_size": 128, "image_size": 64, "epochs": 10, "batch_size": 16,
                  "bn_momentum": 0.9}

@@ -1,64 +1,18 @@
-"""Decoded images in memory and the batches Keras trains on.
+"""The batches Keras trains on, from a split's decoded uint8 array (N, H, W, 1).
 
-Each split is decoded in parallel into one uint8 array (N, H, W, 1): one byte per pixel, which is
-the model's input contract. `cxr.data.cache` keeps such arrays on disk, memory-mapped, so that
-later runs skip decoding; `ImageBatches` reads either kind.
+One byte per pixel is the model's input contract; `cxr.data.cache` decodes each split once into
+such an array, in memory or memory-mapped on disk, and `ImageBatches` reads either kind.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from cxr.data.images import load_image
-from cxr.errors import DatasetError, ImageError
-
-
-def decode_into(
-    out: np.ndarray,
-    root: str | os.PathLike,
-    files: list[str] | pd.Series,
-    size: int,
-    workers: int = 0,
-    progress: bool = True,
-    desc: str = "decode",
-) -> None:
-    """Decode files (relative to root) into `out`, an array or writable memory map (N, size, size, 1).
-
-    OpenCV releases the GIL while decoding and resizing, so threads use every core. Raises
-    DatasetError naming every file that does not decode (a reused split may point at files that
-    changed since it was made).
-    """
-    root = Path(root)
-    paths = [root / f for f in files]
-    failures = []
-
-    def load(index: int) -> None:
-        try:
-            out[index, :, :, 0] = load_image(paths[index], size)
-        except ImageError as error:
-            failures.append(f"{error.path}: {error.reason}")
-
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for _ in tqdm(pool.map(load, range(len(paths))), total=len(paths), desc=desc,
-                      unit="img", disable=not progress):
-            pass
-    if failures:
-        raise unreadable_images(failures)
-
-
-def unreadable_images(failures: list[str]) -> DatasetError:
-    """One error listing the split's unreadable files ("path: reason"), the first ten in order."""
-    shown = "\n  ".join(sorted(failures)[:10])
-    more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
-    return DatasetError(f"{len(failures)} image(s) in the split cannot be read:\n  {shown}{more}")
+from cxr.errors import DatasetError
 
 
 def label_indices(labels: pd.Series | list[str], classes: list[str]) -> np.ndarray:

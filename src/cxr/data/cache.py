@@ -1,4 +1,4 @@
-"""Decode once: each split's images at a given size, stored as one memory-mapped uint8 `.npy`.
+"""Decode once: each split's images at a given size, in memory or as one memory-mapped uint8 `.npy`.
 
 The reference pipeline decoded and resized every PNG again in every epoch. Here the first use of a
 file list at a size decodes it in parallel into `<cache>/<size>px-<key>.npy`; later epochs and
@@ -12,15 +12,58 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from cxr import files as outputs
-from cxr.data.batches import decode_into, unreadable_images
+from cxr.data.images import load_image
+from cxr.errors import DatasetError, ImageError
 
 CACHE_FORMAT = 1
+
+
+def decode_into(
+    out: np.ndarray,
+    root: str | os.PathLike,
+    files: list[str] | pd.Series,
+    size: int,
+    workers: int = 0,
+    progress: bool = True,
+    desc: str = "decode",
+) -> None:
+    """Decode files (relative to root) into `out`, an array or writable memory map (N, size, size, 1).
+
+    OpenCV releases the GIL while decoding and resizing, so threads use every core. Raises
+    DatasetError naming every file that does not decode (a reused split may point at files that
+    changed since it was made).
+    """
+    root = Path(root)
+    paths = [root / f for f in files]
+    failures = []
+
+    def load(index: int) -> None:
+        try:
+            out[index, :, :, 0] = load_image(paths[index], size)
+        except ImageError as error:
+            failures.append(f"{error.path}: {error.reason}")
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        for _ in tqdm(pool.map(load, range(len(paths))), total=len(paths), desc=desc,
+                      unit="img", disable=not progress):
+            pass
+    if failures:
+        raise unreadable_images(failures)
+
+
+def unreadable_images(failures: list[str]) -> DatasetError:
+    """One error listing the split's unreadable files ("path: reason"), the first ten in order."""
+    shown = "\n  ".join(sorted(failures)[:10])
+    more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+    return DatasetError(f"{len(failures)} image(s) in the split cannot be read:\n  {shown}{more}")
 
 
 def cache_key(root: str | os.PathLike, files: list[str] | pd.Series, size: int) -> str:

@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 
 from cxr import files
-from cxr.adaptive import AdaptiveLR, AskToContinue, current_learning_rate
-from cxr.callbacks import EpochLog
 from cxr.errors import UserError
 from cxr.run import STATE_FILE, now
+from cxr.training.controller import AdaptiveLR, current_learning_rate
+from cxr.training.history import EpochLog
+from cxr.training.prompt import AskToContinue
 
 STATE_FORMAT = 1
 

@@ -20,8 +20,8 @@ import pandas as pd
 from cxr import files
 from cxr.backend import gradient
 from cxr.data.images import read_gray, resize_square
-from cxr.engines import model_classes, model_file
 from cxr.errors import ImageError, UserError
+from cxr.inference.engines import model_classes, model_file
 from cxr.model import LAST_CONV_LAYER, load_model
 
 
@@ -91,7 +91,7 @@ def explain_files(model_path: str | os.PathLike, paths: list[str | os.PathLike],
     `out` must not exist yet (earlier explanations are never overwritten). Unreadable files are listed
     with their reason and do not stop the others.
     """
-    from cxr.predict import find_images
+    from cxr.inference.predict import find_images
 
     model_path = model_file(model_path)
     out = Path(out)

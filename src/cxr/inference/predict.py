@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from cxr.data.images import load_image, looks_like_image
-from cxr.engines import Predictor, load_predictor
 from cxr.errors import ImageError
+from cxr.inference.engines import Predictor, load_predictor
 
 
 @dataclass(frozen=True)

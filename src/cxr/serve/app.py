@@ -10,11 +10,9 @@ from __future__ import annotations
 import base64
 import io
 import os
-import queue
 import sys
 import threading
 import time
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -26,56 +24,13 @@ from PIL import Image
 
 from cxr import files
 from cxr.data.images import decode_gray, image_format, resize_square
-from cxr.engines import model_file
 from cxr.errors import ImageError
+from cxr.inference.engines import model_file
 from cxr.run import run_dir_of, training_summary
+from cxr.serve.batcher import MicroBatcher
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 60_000_000  # about 7,700 x 7,700: any radiograph; a decompression bomb is far larger
-
-
-class MicroBatcher:
-    """Runs concurrent requests' images through the model together: the first image waits up to
-    `window_ms` for up to `max_batch - 1` others, then one batch runs and every caller gets its row.
-    Under load this replaces many small model calls competing for the cores with a few larger ones."""
-
-    def __init__(self, predict, max_batch: int = 16, window_ms: float = 5.0):
-        self.predict, self.max_batch, self.window = predict, max_batch, window_ms / 1000
-        self.queue: queue.Queue = queue.Queue()
-        threading.Thread(target=self._run, daemon=True, name="cxr-micro-batcher").start()
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities for one (size, size, 1) image, computed in a shared batch."""
-        future: Future = Future()
-        self.queue.put((image, future))
-        return future.result()
-
-    def _run(self) -> None:
-        while True:
-            items = [self.queue.get()]
-            deadline = time.perf_counter() + self.window
-            while len(items) < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    items.append(self.queue.get(timeout=remaining))
-                except queue.Empty:
-                    break
-            batch = np.stack([image for image, _ in items])
-            # Pad to a power of two: a compiled model (Keras' predict step) then sees at most
-            # log2(max_batch) + 1 batch shapes instead of retracing for every new size.
-            size = min(1 << (len(items) - 1).bit_length(), max(self.max_batch, len(items)))
-            if size > len(items):
-                batch = np.concatenate([batch, np.zeros((size - len(items), *batch.shape[1:]), batch.dtype)])
-            try:
-                rows = np.asarray(self.predict(batch))
-            except Exception as error:  # every waiting request gets the error, the batcher goes on
-                for _, future in items:
-                    future.set_exception(error)
-                continue
-            for (_, future), row in zip(items, rows[:len(items)], strict=True):
-                future.set_result(row)
 
 
 class ServedModel:
@@ -101,8 +56,8 @@ class ServedModel:
     def load(self) -> None:
         """Load the model and pay every first-call cost (compiling prediction and, where there is a Keras
         model, Grad-CAM) before /readyz says ready."""
-        from cxr.calibration import find_temperature
-        from cxr.engines import load_predictor
+        from cxr.evaluation.calibration import find_temperature
+        from cxr.inference.engines import load_predictor
 
         try:
             self.predictor = load_predictor(self.model_path, self.engine, echo=lambda _: None)
@@ -159,7 +114,7 @@ class ServedModel:
 
     def explain(self, batch: np.ndarray) -> np.ndarray:
         """The Grad-CAM heat map of one (1, size, size, 1) image for its predicted class."""
-        from cxr.explain import gradcam
+        from cxr.inference.explain import gradcam
 
         heat, _ = gradcam(self.keras_model(), batch)
         return heat[0]
@@ -202,7 +157,7 @@ def default_max_batch(engine: str) -> int:
 
 def _latest_evaluation(run_dir: Path) -> dict | None:
     try:
-        from cxr.compare import latest_metrics
+        from cxr.evaluation.compare import latest_metrics
 
         return latest_metrics(run_dir)[1]
     except Exception:
@@ -312,13 +267,13 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
             "probabilities": dict(zip(predictor.classes, map(float, probabilities), strict=True)),
         }
         if current.temperature is not None:
-            from cxr.calibration import apply_temperature
+            from cxr.evaluation.calibration import apply_temperature
 
             scaled = apply_temperature(probabilities[None], current.temperature)[0]
             result["calibrated_probabilities"] = dict(zip(predictor.classes, map(float, scaled), strict=True))
             result["temperature"] = current.temperature
         if explain:
-            from cxr.explain import overlay
+            from cxr.inference.explain import overlay
 
             ok, png = cv2.imencode(".png", overlay(gray, current.explain(batch)))
             result["gradcam_png_base64"] = base64.b64encode(png.tobytes()).decode("ascii")

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from cxr import files
-from cxr.metrics import PER_CLASS
+from cxr.evaluation.metrics import PER_CLASS
 
 FIGURES = [
     ("training_curves.png", "Training curves: loss, accuracy and learning rate per epoch"),

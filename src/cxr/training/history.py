@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from cxr.adaptive import AdaptiveLR, current_learning_rate
+from cxr.training.controller import AdaptiveLR, current_learning_rate
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
                    "monitor", "improvement_pct", "next_learning_rate", "weights_restored", "action", "answer"]

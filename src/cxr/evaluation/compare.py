@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.errors import UserError
-from cxr.metrics import format_interval
+from cxr.evaluation.metrics import format_interval
 from cxr.run import METRICS_FILE, evaluation_dirs
 
 HEADLINE = [("accuracy", "overall", "accuracy"), ("balanced accuracy", "overall", "balanced_accuracy"),

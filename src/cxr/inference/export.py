@@ -94,7 +94,7 @@ def export_onnx(
     served from a stale ONNX file); `metadata` adds entries of the caller's. Raises
     ExportError when ONNX Runtime's outputs differ from Keras' by more than 1e-4 on the probe images.
     """
-    from cxr.engines import model_classes, model_file
+    from cxr.inference.engines import model_classes, model_file
     from cxr.model import load_model, predict_array
     from cxr.precision import with_precision
 

@@ -14,23 +14,24 @@ import pandas as pd
 import yaml
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss
 
-from cxr import calibration, files, sources
+from cxr import files
 from cxr.config import ENVIRONMENT_KEY
 from cxr.data.batches import label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.split import SPLITS, read_split
 from cxr.environment import software
 from cxr.errors import DatasetError
-from cxr.metrics import clinical_metrics, format_interval, per_class_frame
-from cxr.model import load_model, predict_array
-from cxr.plots import (
+from cxr.evaluation import calibration, sources
+from cxr.evaluation.metrics import clinical_metrics, format_interval, per_class_frame
+from cxr.evaluation.plots import (
     plot_confusion_matrix,
     plot_gradcam_grid,
     plot_reliability,
     plot_roc_pr,
     plot_training_curves,
 )
-from cxr.report import write_report
+from cxr.evaluation.report import write_report
+from cxr.model import load_model, predict_array
 from cxr.run import CONFIG_FILE, now, training_summary
 
 
@@ -200,7 +201,7 @@ def _audit_sources(split, root: str, classes: list[str], test: tuple[np.ndarray,
 def _gradcam_grid(model, images: np.ndarray, frame: pd.DataFrame, test: tuple[np.ndarray, np.ndarray],
                   classes: list[str], path: Path, per_kind: int = 4) -> Path:
     """Grad-CAM of the most confident right and wrong test predictions, four of each at most."""
-    from cxr.explain import gradcam, overlay
+    from cxr.inference.explain import gradcam, overlay
 
     truth, probabilities = test
     predicted, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)

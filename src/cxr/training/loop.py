@@ -18,11 +18,8 @@ from typing import Any
 
 import keras
 
-from cxr import distribute, files
-from cxr.adaptive import AdaptiveLR, AskToContinue, current_learning_rate
+from cxr import files
 from cxr.backend import enable_compilation_cache, enable_determinism
-from cxr.callbacks import EpochLog
-from cxr.checkpoint import RunCheckpoint, lock_run, read_state, set_seed_states
 from cxr.config import Config
 from cxr.data.batches import ImageBatches, label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
@@ -30,11 +27,16 @@ from cxr.data.prepare import prepare_split, summary_table
 from cxr.data.split import SPLITS, Split, read_split, write_split
 from cxr.environment import software
 from cxr.errors import ConfigError, DatasetError, UserError
-from cxr.evaluate import evaluate_run, read_run_config
+from cxr.evaluation.evaluate import evaluate_run, read_run_config
 from cxr.model import build_model, compile_model, load_model, resolve_weights
 from cxr.precision import hardware_note, model_precision
 from cxr.run import CONFIG_FILE, recorded_environment
-from cxr.stopping import StopGuard, StopSignals, TrainingStopped, terminal_reader
+from cxr.training import distribute
+from cxr.training.checkpoint import RunCheckpoint, lock_run, read_state, set_seed_states
+from cxr.training.controller import AdaptiveLR, current_learning_rate
+from cxr.training.history import EpochLog
+from cxr.training.prompt import AskToContinue
+from cxr.training.stopping import StopGuard, StopSignals, TrainingStopped, terminal_reader
 
 Reader = Callable[[str], "str | None"]
 

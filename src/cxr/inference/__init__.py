@@ -1,0 +1,9 @@
+"""Inference: a trained model applied to new images, on Keras or ONNX Runtime.
+
+- `engines`: one `Predictor` record over Keras or ONNX Runtime (`load_predictor`).
+- `predict`: probabilities for files and folders (`predict_files`).
+- `explain`: Grad-CAM maps and overlays (`gradcam`, `explain_files`).
+- `export`: the ONNX file, checked against Keras before it is written (`export_onnx`).
+
+Nothing here imports Keras until the Keras engine is chosen, so ONNX-only machines can predict.
+"""
