@@ -37,13 +37,6 @@ def sample_root() -> Path:
     return root
 
 
-def only_run(runs: Path) -> Path:
-    """The one run folder in a runs folder (which also holds the decode cache and demo data)."""
-    folders = [p for p in runs.iterdir() if p.is_dir() and p.name not in ("cache", "demo-data")]
-    assert len(folders) == 1, folders
-    return folders[0]
-
-
 @pytest.fixture(scope="session")
 def sample() -> Path:
     return sample_root()

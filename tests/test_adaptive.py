@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cxr.training.controller import AdaptiveLR
+from cxr.training.controller import DECISION_KEYS, AdaptiveLR
 from cxr.training.prompt import AskToContinue, parse_answer
 
 
@@ -39,8 +39,10 @@ def drive(callback: AdaptiveLR, model: FakeModel, metrics: list[tuple[float, flo
     decisions = []
     for epoch, (accuracy, val_loss) in enumerate(metrics, start=start):
         model.weights = float(epoch + 1)
-        callback.on_epoch_end(epoch, {"accuracy": accuracy, "val_loss": val_loss})
-        decisions.append({**callback.decision, "lr": model.optimizer.learning_rate, "weights": model.weights,
+        logs = {"accuracy": accuracy, "val_loss": val_loss}
+        callback.on_epoch_end(epoch, logs)  # the controller adds its decision to the epoch's logs
+        decisions.append({**{key: logs[key] for key in DECISION_KEYS}, "lr": model.optimizer.learning_rate,
+                          "weights": model.weights,
                           "stop": model.stop_training})
         if model.stop_training:
             break
@@ -160,7 +162,7 @@ def test_answers_are_parsed(answer, expected):
 def test_h_halts_at_the_ask_epoch():
     read, prompts = scripted("H")
     notes, echoed = [], []
-    asker = AskToContinue(2, 10, read, echoed.append, on_answer=lambda epoch, note: notes.append((epoch, note)))
+    asker = AskToContinue(2, 10, read, echoed.append, on_answer=lambda epoch, note, state: notes.append((epoch, note)))
     model, trained = run_asker(asker, 10)
     assert trained == [1, 2] and model.stop_training and asker.halted
     assert prompts == ["epoch 2/10 done. H halts, a number trains that many more epochs and asks again, "

@@ -68,7 +68,7 @@ def test_evaluation_writes_clinical_metrics_consistent_with_its_predictions(tiny
 
 
 def test_evaluation_fits_and_keeps_a_temperature_for_the_model(tiny_run):
-    record = json.loads((tiny_run / "eval" / calibration.CALIBRATION_FILE).read_text())
+    record = json.loads((tiny_run / "eval" / "calibration.json").read_text())
     metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
     assert metrics["calibration"] == record
     assert record["model_sha256"] == files.sha256(tiny_run / "model.keras") and record["fitted_on"] == "val"
@@ -86,7 +86,7 @@ def test_evaluation_fits_and_keeps_a_temperature_for_the_model(tiny_run):
 
 def test_calibrated_prediction_uses_the_temperature_and_refuses_a_stale_one(tiny_run, phantoms, tmp_path):
     image = phantoms / "COVID" / "images" / "COVID-1.png"
-    temperature = json.loads((tiny_run / "eval" / calibration.CALIBRATION_FILE).read_text())["temperature"]
+    temperature = json.loads((tiny_run / "eval" / "calibration.json").read_text())["temperature"]
     raw = predict_files(tiny_run, [image], engine="keras")
     scaled = predict_files(load_predictor(tiny_run, engine="keras", calibrated=True), [image])
     columns = [f"p_{c}" for c in CLASSES]

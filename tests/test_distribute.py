@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import only_run
+from helpers import only_run
 
 from cxr.config import resolve
 from cxr.data.batches import ImageBatches

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import only_run
+from helpers import only_run
 
 pytestmark = pytest.mark.slow
 

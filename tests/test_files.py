@@ -29,14 +29,6 @@ def test_csv_is_written_without_index(tmp_path):
     assert (tmp_path / "t.csv").read_text() == "a\n1\n2\n"
 
 
-def test_run_folders_are_never_reused(tmp_path, monkeypatch):
-    monkeypatch.setattr(files.time, "strftime", lambda fmt: "20260101-000000")  # two runs in one second
-    first = files.new_run_dir(tmp_path, "my run/1")
-    second = files.new_run_dir(tmp_path, "my run/1")
-    assert first != second and first.is_dir() and second.is_dir()
-    assert first.name == "20260101-000000-my-run-1" and second.name == "20260101-000000-my-run-1-2"
-
-
 def test_written_files_get_the_usual_permissions_not_the_temporary_files_private_ones(tmp_path):
     umask = os.umask(0)
     os.umask(umask)

@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import only_run
+from helpers import only_run, read_state
 
 from cxr.cli import main
 from cxr.config import resolve
 from cxr.errors import ConfigError, UserError
 from cxr.files import remove_temporaries
 from cxr.model import load_model
-from cxr.training.checkpoint import RunBusyError, lock_run, read_state
+from cxr.run import Run, RunBusyError
+from cxr.training.controller import DECISION_KEYS
 from cxr.training.loop import resume, train
 from cxr.training.stopping import StopSignals, TrainingStopped, terminal_reader
 
@@ -77,7 +78,9 @@ def test_a_run_stopped_early_resumes_only_with_more_epochs_and_a_fresh_allowance
 
     class NeverImproves(cxr.training.loop.AdaptiveLR):  # training accuracy falls after epoch 1, whatever happens
         def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, {**logs, "accuracy": 0.5 if epoch == 0 else 0.4})
+            judged = {**logs, "accuracy": 0.5 if epoch == 0 else 0.4}
+            super().on_epoch_end(epoch, judged)
+            logs.update({key: judged[key] for key in DECISION_KEYS})  # the decision travels in the epoch's logs
 
     monkeypatch.setattr(cxr.training.loop, "AdaptiveLR", NeverImproves)
     run = train(tiny_config(phantoms, tmp_path, epochs=6, stop_patience=2), **QUIET)
@@ -126,18 +129,18 @@ def test_resume_takes_no_other_settings(capsys):
 
 def test_a_locked_run_is_refused_with_the_pid_of_its_owner(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from cxr.training.checkpoint import lock_run\n"
-        f"with lock_run({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(60)")],
+        "import sys, time; from cxr.run import Run\n"
+        f"with Run({str(tmp_path)!r}).lock():\n    print('locked', flush=True); time.sleep(60)")],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunBusyError, match=f"being written by a live process \\(pid {holder.pid}\\)"):
-            with lock_run(tmp_path):
+            with Run(tmp_path).lock():
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with lock_run(tmp_path):  # the dead holder's lock is gone
+    with Run(tmp_path).lock():  # the dead holder's lock is gone
         pass
 
 

@@ -193,34 +193,27 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cxr.config import resolve
-    from cxr.training.loop import train
-
-    names = DATA_SETTINGS + ["split", "name", "runs_dir", "epochs", "batch_size", "image_size",
-                             "learning_rate", "weights", "backbone", "bn_momentum", "threshold", "patience",
-                             "factor", "stop_patience", "dwell", "ask_epoch", "deterministic", "precision",
-                             "bootstrap", "bootstrap_seed", "distribute", "per_device_batch", "scale_learning_rate"]
-    from cxr.config import Config
-    from cxr.evaluation.evaluate import read_run_config
+    from cxr.config import FIELDS, resolve
+    from cxr.run import Run
     from cxr.training.distribute import join_processes
+    from cxr.training.loop import resume, train
 
+    settings = _settings(args, sorted(FIELDS))  # every setting of a run is a flag of `cxr train`
     if args.resume:
-        others = [name for name, value in _settings(args, names + ["config"]).items()
+        others = [name for name, value in {**settings, "config": args.config}.items()
                   if value is not None and name not in ("epochs", "learning_rate")]
         if others:
             flags = ", ".join("--" + name.replace("_", "-") for name in others)
             raise UserError(f"--resume continues a run with its saved settings; only --epochs and --learning-rate "
                             f"may be given with it, not {flags}")
-        config = Config(**read_run_config(args.resume))
+        config = Run(args.resume).config()
     else:
-        config = resolve(args.config, **_settings(args, names))
+        config = resolve(args.config, **settings)
     join_processes(args.coordinator, args.num_processes, args.process_id, config.seed, config.deterministic)
     if args.resume:
-        from cxr.training.loop import resume
-
         resume(args.resume, epochs=args.epochs, learning_rate=args.learning_rate)
-        return 0
-    train(config)
+    else:
+        train(config)
     return 0
 
 

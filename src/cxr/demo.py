@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cxr.config import resolve
 from cxr.data.synthetic import write_synthetic_dataset
+from cxr.run import Run
 from cxr.training.loop import train
 
 DEMO_DEFAULTS = {"per_class": 150, "source_size": 128, "image_size": 64, "epochs": 10, "batch_size": 16,
@@ -57,15 +58,15 @@ def demo(
         batch_size=DEMO_DEFAULTS["batch_size"], bn_momentum=DEMO_DEFAULTS["bn_momentum"], weights="none",
         backbone=backbone, seed=seed, precision=precision, ask_epoch=0,  # the demo runs unattended to the end
     )
-    run_dir = train(config, progress=progress, echo=echo)
-    eval_dir = run_dir / "eval"
+    run = Run(train(config, progress=progress, echo=echo))
+    evaluation = run.latest_eval()
     echo(
         "\nDemo finished. Look at:\n"
-        f"  {eval_dir / 'metrics.json'}  loss and accuracy per split\n"
-        f"  {eval_dir / 'confusion_matrix.png'}  test confusion matrix\n"
-        f"  {eval_dir / 'classification_report.txt'}  precision, recall, F1 per class\n"
-        f"  {run_dir / 'history.csv'}  one row per epoch\n"
-        f"Predict on files:  cxr predict {run_dir / 'model.keras'} {data / 'COVID' / 'images'}\n"
+        f"  {evaluation.metrics}  loss and accuracy per split\n"
+        f"  {evaluation.figure('confusion_matrix')}  test confusion matrix\n"
+        f"  {evaluation.classification_report_text}  precision, recall, F1 per class\n"
+        f"  {run.history_path}  one row per epoch\n"
+        f"Predict on files:  cxr predict {run.model_path} {data / 'COVID' / 'images'}\n"
         "These are synthetic phantoms: the figures show the software works, not clinical skill."
     )
-    return run_dir
+    return run.path

@@ -1,7 +1,7 @@
-"""Atomic file output and run folders.
+"""Atomic file output and numbered folders.
 
 Every file a run writes goes through these helpers, so a crash or a kill never leaves a
-half-written file behind and a new run never overwrites an earlier one.
+half-written file behind, and a new folder never reuses an earlier one.
 """
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,7 @@ def remove_temporaries(folder: str | os.PathLike, echo: Callable[[str], None] = 
     """Delete the temporaries of `atomic_path` (`.name.xxxx.ext`) that a killed process left under `folder`."""
     removed = 0
     for path in Path(folder).rglob(".*"):
-        if path.is_file() and path.name != ".lock" and path.name.count(".") >= 3:
+        if path.is_file() and path.name.count(".") >= 3:  # .name.xxxx.ext; a lock file (.lock) has one dot
             path.unlink()
             removed += 1
     if removed:
@@ -89,14 +87,6 @@ def write_with(path: str | os.PathLike, save: Callable[[Path], Any]) -> Path:
     with atomic_path(path) as tmp:
         save(tmp)
     return Path(path)
-
-
-def new_run_dir(runs_dir: str | os.PathLike, name: str) -> Path:
-    """Create and return `runs_dir/<YYYYmmdd-HHMMSS>-<name>`, never reusing an existing folder."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
-    root = Path(runs_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    return new_numbered_dir(root / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}")
 
 
 def new_numbered_dir(base: str | os.PathLike) -> Path:

@@ -10,7 +10,6 @@ model file they load, and name the file they took it from.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from scipy.optimize import minimize_scalar
 
 from cxr import files
 from cxr.errors import UserError
-from cxr.run import CALIBRATION_FILE, evaluation_dirs
+from cxr.run import Run
 
 _TINY = 1e-12
 
@@ -66,41 +65,40 @@ def expected_calibration_error(truth: np.ndarray, probabilities: np.ndarray, bin
     return float((filled["count"] * (filled["accuracy"] - filled["confidence"]).abs()).sum() / len(truth))
 
 
-def save_temperature(eval_dir: str | os.PathLike, record: dict) -> Path:
+def calibration_record(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                       model_sha256: str) -> dict:
+    """The temperature fitted on val (truth, probabilities) and the test set's calibration before and
+    after it, tied to the model file it belongs to by its SHA-256 (what calibration.json holds)."""
+    temperature = fit_temperature(*val)
+    scaled = apply_temperature(test[1], temperature)
+    return {
+        "temperature": temperature, "fitted_on": "val", "val_images": int(len(val[0])),
+        "model_sha256": model_sha256,
+        "test_ece_before": expected_calibration_error(test[0], test[1]),
+        "test_ece_after": expected_calibration_error(test[0], scaled),
+        "test_nll_before": negative_log_likelihood(test[0], test[1]),
+        "test_nll_after": negative_log_likelihood(test[0], scaled),
+        "bins": len(reliability_bins(test[0], test[1])),
+    }
+
+
+def reliability_tables(truth: np.ndarray, probabilities: np.ndarray,
+                       temperature: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The reliability bins of the probabilities before and after temperature scaling."""
+    return (reliability_bins(truth, probabilities),
+            reliability_bins(truth, apply_temperature(probabilities, temperature)))
+
+
+def save_temperature(path: str | os.PathLike, record: dict) -> Path:
     """Keep an evaluation's temperature in its own folder; an earlier evaluation's is never overwritten."""
-    return files.write_json(Path(eval_dir) / CALIBRATION_FILE, record)
-
-
-def _candidates(model_path: Path) -> list[Path]:
-    """Calibration files for a model, newest evaluation first; last, the run-level file that runs
-    evaluated before each evaluation kept its own still have."""
-    run_dir = model_path.parent
-    paths = [folder / CALIBRATION_FILE for folder in evaluation_dirs(run_dir)] + [run_dir / CALIBRATION_FILE]
-    return [path for path in paths if path.is_file()]
+    return files.write_json(path, record)
 
 
 def find_temperature(model_path: str | os.PathLike) -> tuple[float, Path] | None:
-    """The temperature the newest evaluation fitted for the model at `model_path`, and its file.
-
-    Args:
-        model_path: a model file (.keras or .onnx) in a run folder.
-
-    Returns:
-        (temperature, calibration.json path), or None when no evaluation fitted one for this very
-        model file (the .keras file's SHA-256 must match: a run trained further needs a new evaluation).
-    """
-    model_path = Path(model_path)
-    keras_path = model_path.with_suffix(".keras")
-    digest = files.sha256(keras_path) if keras_path.is_file() else None
-    for path in _candidates(model_path):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if digest and record.get("model_sha256") and record["model_sha256"] != digest:
-            continue
-        return float(record["temperature"]), path
-    return None
+    """The temperature the newest evaluation fitted for the model file at `model_path`, and its file;
+    None for a bare file or when no evaluation fitted one for this very model (see Run.temperature)."""
+    run = Run.containing(model_path)
+    return run.temperature(model_path) if run else None
 
 
 def require_temperature(model_path: str | os.PathLike) -> tuple[float, Path]:
@@ -109,7 +107,8 @@ def require_temperature(model_path: str | os.PathLike) -> tuple[float, Path]:
     if found is not None:
         return found
     model_path = Path(model_path)
+    run = Run.containing(model_path)
     why = ("every calibration.json there was fitted for another version of the model"
-           if _candidates(model_path) else "no evaluation of it has fitted one")
+           if run and run.calibration_files() else "no evaluation of it has fitted one")
     raise UserError(f"no temperature for {model_path.with_suffix('.keras')}: {why}; run cxr evaluate "
                     f"{model_path.parent}")

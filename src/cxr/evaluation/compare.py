@@ -2,37 +2,44 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
 from cxr.errors import UserError
-from cxr.evaluation.metrics import format_interval
-from cxr.run import METRICS_FILE, evaluation_dirs
+from cxr.evaluation.metrics import HEADLINE, format_interval
+from cxr.run import EvalDir, Run
 
-HEADLINE = [("accuracy", "overall", "accuracy"), ("balanced accuracy", "overall", "balanced_accuracy"),
-            ("macro F1", "macro", "f1"), ("macro ROC AUC", "macro", "roc_auc"), ("macro PR AUC", "macro", "pr_auc"),
-            ("Cohen's kappa", "overall", "cohen_kappa")]
+__all__ = ["compare_runs", "latest_metrics"]
 
 
-def latest_metrics(run: str | os.PathLike) -> tuple[Path, dict]:
-    """The newest complete evaluation of a run (eval/, eval-2/, ...; not one of an interrupted training)."""
-    run = Path(run)
-    folders = evaluation_dirs(run, interrupted=False)
-    if not folders:
+def latest_metrics(run: str | os.PathLike) -> tuple[EvalDir, dict]:
+    """The newest complete evaluation of a run (not one of an interrupted training) and its metrics.
+
+    Raises:
+        UserError: the run has no complete evaluation.
+    """
+    newest = Run(run).latest_eval()
+    if newest is None:
         raise UserError(f"{run}: no evaluation with metrics.json (run cxr evaluate {run})")
-    return folders[0], json.loads((folders[0] / METRICS_FILE).read_text(encoding="utf-8"))
+    return newest, newest.read_metrics()
 
 
 def compare_runs(runs: list[str | os.PathLike]) -> pd.DataFrame:
-    """One column per run, one row per headline metric (test split), as text with intervals."""
+    """One column per run, one row per headline metric (test split), as text with intervals.
+
+    Args:
+        runs: run folders; each one's newest evaluation is read.
+
+    Returns:
+        The table: rows evaluation, test images, the HEADLINE metrics, ECE, source warnings.
+    """
     columns = {}
     for run in runs:
-        folder, metrics = latest_metrics(run)
+        evaluation, metrics = latest_metrics(run)
         clinical = metrics.get("clinical") or {}
-        column = {"evaluation": folder.name,
+        column = {"evaluation": evaluation.name,
                   "test images": str(metrics.get("splits", {}).get("test", {}).get("images", "n/a"))}
         for label, group, name in HEADLINE:
             column[label] = format_interval(clinical.get(group, {}).get(name)) if clinical else "n/a (evaluate again)"

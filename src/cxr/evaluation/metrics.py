@@ -18,8 +18,16 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+__all__ = ["HEADLINE", "OVERALL", "PER_CLASS", "bootstrap_intervals", "clinical_metrics", "format_interval",
+           "per_class_frame", "point_metrics", "stratified_resamples"]
+
 PER_CLASS = ("sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 OVERALL = ("accuracy", "balanced_accuracy", "cohen_kappa")
+# The headline metrics, in the order every summary shows them (evaluate, report, compare, serve):
+# (label, group in clinical_metrics' result, metric name).
+HEADLINE = (("accuracy", "overall", "accuracy"), ("balanced accuracy", "overall", "balanced_accuracy"),
+            ("macro F1", "macro", "f1"), ("macro ROC AUC", "macro", "roc_auc"), ("macro PR AUC", "macro", "pr_auc"),
+            ("Cohen's kappa", "overall", "cohen_kappa"))
 
 
 def _nanmean(values: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -137,14 +145,15 @@ def per_class_frame(result: dict) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def format_interval(entry: dict | None, missing: str = "n/a") -> str:
-    """'0.844 (0.733-0.933)' for a `clinical_metrics` entry; the value alone without an interval
+def format_interval(entry: dict | None, missing: str = "n/a", interval: str = " ({low}-{high})") -> str:
+    """'0.844 (0.733-0.933)' for a `clinical_metrics` entry: the value with 3 decimals, then `interval`
+    filled with the bounds (an HTML page passes its own markup); the value alone without an interval
     (--bootstrap 0); `missing` when the metric is undefined."""
     if not entry or entry.get("value") is None:
         return missing
     if entry.get("ci_low") is None:
         return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f} ({entry['ci_low']:.3f}-{entry['ci_high']:.3f})"
+    return f"{entry['value']:.3f}" + interval.format(low=f"{entry['ci_low']:.3f}", high=f"{entry['ci_high']:.3f}")
 
 
 def _json_number(value: float) -> float | None:

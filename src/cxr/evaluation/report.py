@@ -15,14 +15,17 @@ import pandas as pd
 import yaml
 
 from cxr import files
-from cxr.evaluation.metrics import PER_CLASS
+from cxr.evaluation.metrics import HEADLINE, PER_CLASS, format_interval
+from cxr.run import EvalDir
+
+__all__ = ["build_report", "write_report"]
 
 FIGURES = [
-    ("training_curves.png", "Training curves: loss, accuracy and learning rate per epoch"),
-    ("confusion_matrix.png", "Confusion matrix of the test set"),
-    ("roc_pr.png", "ROC and precision-recall curves per class (test set)"),
-    ("reliability.png", "Reliability diagram before and after temperature scaling (test set)"),
-    ("gradcam_test.png", "Grad-CAM of the most confident right and wrong test predictions"),
+    ("training_curves", "Training curves: loss, accuracy and learning rate per epoch"),
+    ("confusion_matrix", "Confusion matrix of the test set"),
+    ("roc_pr", "ROC and precision-recall curves per class (test set)"),
+    ("reliability", "Reliability diagram before and after temperature scaling (test set)"),
+    ("gradcam", "Grad-CAM of the most confident right and wrong test predictions"),
 ]
 METRIC_NAMES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "precision": "Precision", "f1": "F1",
                 "roc_auc": "ROC AUC", "pr_auc": "PR AUC"}
@@ -53,12 +56,7 @@ def _e(value: object) -> str:
 
 
 def _interval(entry: dict | None) -> str:
-    if not entry or entry.get("value") is None:
-        return "n/a"
-    text = f"{entry['value']:.3f}"
-    if entry.get("ci_low") is not None:
-        text += f' <span class="ci">({entry["ci_low"]:.3f}&ndash;{entry["ci_high"]:.3f})</span>'
-    return text
+    return format_interval(entry, interval=' <span class="ci">({low}&ndash;{high})</span>')
 
 
 def _table(header: list[str], rows: list[list[str]], css: str = "") -> str:
@@ -92,19 +90,15 @@ def _dataset_section(split) -> str:
     return text
 
 
-def build_report(metrics: dict, config: dict, split, eval_dir: Path) -> str:
-    """The page's HTML for an evaluation already written to `eval_dir`."""
+def build_report(metrics: dict, config: dict, split, eval_dir: EvalDir) -> str:
+    """The page's HTML for an evaluation whose figures are already written to `eval_dir`."""
     parts = [f"<h1>cxr evaluation: {_e(metrics['run'])}</h1>",
              '<p class="notice">Research use only. This is not a medical device and must not be used for '
              "diagnosis or treatment decisions.</p>"]
     clinical = metrics.get("clinical")
     if clinical:
-        overall, macro = clinical["overall"], clinical["macro"]
         calibration = metrics.get("calibration")
-        headline = [["Accuracy", _interval(overall["accuracy"])],
-                    ["Balanced accuracy", _interval(overall["balanced_accuracy"])],
-                    ["Macro F1", _interval(macro["f1"])], ["Macro ROC AUC", _interval(macro["roc_auc"])],
-                    ["Cohen's kappa", _interval(overall["cohen_kappa"])]]
+        headline = [[label[0].upper() + label[1:], _interval(clinical[group][name])] for label, group, name in HEADLINE]
         if calibration:
             headline.append(["Expected calibration error", f"{calibration['test_ece_before']:.3f} &rarr; "
                              f"{calibration['test_ece_after']:.3f} (temperature {calibration['temperature']:.3f})"])
@@ -137,7 +131,7 @@ def build_report(metrics: dict, config: dict, split, eval_dir: Path) -> str:
         [[_e(name), str(v["images"]), f"{v['loss']:.4f}", f"{v['accuracy']:.4f}"]
          for name, v in metrics["splits"].items()]))
     parts.append("<h2>Figures</h2>")
-    parts += [_image(eval_dir / name, caption) for name, caption in FIGURES if (eval_dir / name).is_file()]
+    parts += [_image(eval_dir.figure(name), caption) for name, caption in FIGURES if eval_dir.figure(name).is_file()]
     parts.append(_dataset_section(split))
     if metrics.get("training"):
         parts.append("<h2>Training</h2><p>" + _e(", ".join(f"{k}: {v}" for k, v in metrics["training"].items()))
@@ -148,5 +142,6 @@ def build_report(metrics: dict, config: dict, split, eval_dir: Path) -> str:
             f"<script>{SCRIPT}</script></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
-def write_report(metrics: dict, config: dict, split, eval_dir: Path) -> Path:
-    return files.write_text(eval_dir / "report.html", build_report(metrics, config, split, eval_dir))
+def write_report(metrics: dict, config: dict, split, eval_dir: EvalDir) -> Path:
+    """Write the evaluation's report.html."""
+    return files.write_text(eval_dir.report, build_report(metrics, config, split, eval_dir))

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from cxr import files
 from cxr.errors import UserError
+from cxr.run import Run
 
 ENGINES = ("auto", "keras", "onnx")
 
@@ -35,19 +35,12 @@ class Predictor:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def model_file(model: str | os.PathLike) -> Path:
-    """The model file a command was given: a run folder means its model.keras."""
-    path = Path(model)
-    return path / "model.keras" if path.is_dir() else path
-
-
 def model_classes(model_path: str | os.PathLike, n_outputs: int) -> list[str]:
-    """Class names from the run's config.yaml beside the model; generic names if there is none."""
-    config_path = Path(model_path).parent / "config.yaml"
-    if config_path.is_file():
-        classes = (yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}).get("classes")
-        if classes and len(classes) == n_outputs:
-            return list(classes)
+    """Class names from the run the model sits in; generic names (class_0, ...) for a bare file."""
+    run = Run.containing(model_path)
+    classes = run.config().classes if run else None
+    if classes and len(classes) == n_outputs:
+        return list(classes)
     return [f"class_{i}" for i in range(n_outputs)]
 
 
@@ -131,7 +124,7 @@ def _load_predictor(
         if engine == "onnx" or Path(model).suffix == ".onnx":
             raise UserError(f"ONNX models compute in fp32; {precision} needs the keras engine and a .keras file")
         engine = "keras"
-    path = model_file(model)
+    path = Run.model_of(model)
     keras_path, onnx_path = path.with_suffix(".keras"), path.with_suffix(".onnx")
     if path.suffix == ".onnx" and engine == "keras":
         raise UserError(f"{path} is an ONNX model; use --engine onnx or give the .keras file")

@@ -21,8 +21,9 @@ from cxr import files
 from cxr.backend import gradient
 from cxr.data.images import read_gray, resize_square
 from cxr.errors import ImageError, UserError
-from cxr.inference.engines import model_classes, model_file
+from cxr.inference.engines import model_classes
 from cxr.model import LAST_CONV_LAYER, load_model
+from cxr.run import Run
 
 
 def last_conv_layer(model: keras.Model) -> str:
@@ -93,7 +94,7 @@ def explain_files(model_path: str | os.PathLike, paths: list[str | os.PathLike],
     """
     from cxr.inference.predict import find_images
 
-    model_path = model_file(model_path)
+    model_path = Run.model_of(model_path)
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose a new folder for the explanations")

@@ -19,7 +19,7 @@ import numpy as np
 
 from cxr import __version__, files
 from cxr.errors import UserError
-from cxr.run import run_dir_of, training_summary
+from cxr.run import Run
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -94,11 +94,11 @@ def export_onnx(
     served from a stale ONNX file); `metadata` adds entries of the caller's. Raises
     ExportError when ONNX Runtime's outputs differ from Keras' by more than 1e-4 on the probe images.
     """
-    from cxr.inference.engines import model_classes, model_file
+    from cxr.inference.engines import model_classes
     from cxr.model import load_model, predict_array
     from cxr.precision import with_precision
 
-    model_path = model_file(model_path)
+    model_path = Run.model_of(model_path)
     out = Path(out) if out is not None else model_path.with_suffix(".onnx")
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose another file with --out")
@@ -115,8 +115,8 @@ def export_onnx(
     classes = classes or model_classes(model_path, int(model.output_shape[-1]))
     echo(f"exporting {model_path} to ONNX (opset {OPSET})...")
     proto = _to_onnx(model, size)
-    run_dir = run_dir_of(model_path)
-    summary = training_summary(run_dir) if run_dir else None
+    run = Run.containing(model_path)
+    summary = run.training_summary() if run else None
     onnx.helper.set_model_props(proto, {
         "classes": json.dumps(classes), "image_size": str(size), "source_model": model_path.name,
         "source_sha256": files.sha256(model_path), "cxr_version": __version__,

@@ -25,8 +25,8 @@ from PIL import Image
 from cxr import files
 from cxr.data.images import decode_gray, image_format, resize_square
 from cxr.errors import ImageError
-from cxr.inference.engines import model_file
-from cxr.run import run_dir_of, training_summary
+from cxr.evaluation.metrics import HEADLINE
+from cxr.run import Run
 from cxr.serve.batcher import MicroBatcher
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -40,8 +40,8 @@ class ServedModel:
                  window_ms: float = 5.0, echo=print):
         self.max_batch, self.window_ms, self.echo = max_batch, window_ms, echo
         self.batcher: MicroBatcher | None = None
-        self.model_path = model_file(model)
-        self.run_dir = run_dir_of(self.model_path)
+        self.model_path = Run.model_of(model)
+        self.run = Run.containing(self.model_path)
         self.engine = engine
         self.predictor = None
         self.error: str | None = None
@@ -127,18 +127,19 @@ class ServedModel:
                 "temperature_file": str(self.temperature_file) if self.temperature_file else None,
                 "max_batch": self.max_batch, "explanations": self.explain_note is None,
                 "explanations_note": self.explain_note, "trained": self.trained()}
-        evaluation = _latest_evaluation(self.run_dir) if self.run_dir else None
-        if evaluation:
-            clinical = evaluation.get("clinical") or {}
-            info["test_metrics"] = {"images": evaluation["splits"].get("test", {}).get("images"),
-                                    **{f"{group}_{name}": value for group in ("overall", "macro")
-                                       for name, value in clinical.get(group, {}).items()}}
+        evaluation = self.run.latest_eval() if self.run else None
+        metrics = evaluation.read_metrics() if evaluation else None
+        if metrics:  # the headline metrics, as <group>_<name>: {value, ci_low, ci_high}
+            clinical = metrics.get("clinical") or {}
+            info["test_metrics"] = {"images": metrics["splits"].get("test", {}).get("images"),
+                                    **{f"{group}_{name}": clinical.get(group, {}).get(name)
+                                       for _, group, name in HEADLINE}}
         return info
 
     def trained(self) -> str:
         """When training ended, from the run's own records (not a file time, which a copy changes); for an
         exported file without its run, what the export recorded; otherwise "unknown"."""
-        summary = training_summary(self.run_dir) if self.run_dir else None
+        summary = self.run.training_summary() if self.run else None
         if summary and summary.get("ended"):
             return summary["ended"]
         return self.predictor.metadata.get("trained") or "unknown"
@@ -153,15 +154,6 @@ def default_max_batch(engine: str) -> int:
     from cxr.backend import accelerators
 
     return 16 if accelerators() else 1
-
-
-def _latest_evaluation(run_dir: Path) -> dict | None:
-    try:
-        from cxr.evaluation.compare import latest_metrics
-
-        return latest_metrics(run_dir)[1]
-    except Exception:
-        return None
 
 
 def image_size_of(data: bytes) -> tuple[int, int] | None:

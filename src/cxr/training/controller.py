@@ -6,6 +6,10 @@ learning rate by `factor` and (with `dwell`) goes back to the best weights so fa
 `stop_patience` reductions without improvement it stops; when training ends, however it ends,
 the model holds the best weights. It keeps its state as a plain dict so that a resumed run
 continues exactly where it stopped.
+
+Like Keras' own `ReduceLROnPlateau` (which writes `logs["learning_rate"]`), it tells later callbacks
+what it decided through the epoch's `logs`: the DECISION_KEYS below. Callbacks that read only numbers
+from `logs` (a progress bar) must come before it.
 """
 
 from __future__ import annotations
@@ -16,8 +20,14 @@ from typing import Any
 import keras
 import numpy as np
 
+__all__ = ["AdaptiveLR", "DECISION_KEYS", "current_learning_rate"]
+
+# What the controller adds to an epoch's logs: read by the history callback for the epoch line and history.csv.
+DECISION_KEYS = ("monitor", "improvement_pct", "next_learning_rate", "weights_restored", "action")
+
 
 def current_learning_rate(model: Any) -> float:
+    """The optimizer's learning rate as a Python float."""
     return float(np.asarray(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
 
 
@@ -29,7 +39,14 @@ def _short(value: float) -> float:
 class AdaptiveLR(keras.callbacks.Callback):
     """Adapt the learning rate as the reference callback did; keep and finally set the best weights.
 
-    After each epoch `decision` describes what happened (for the epoch line and history.csv).
+    After each epoch it adds what it decided to the epoch's `logs` (DECISION_KEYS).
+
+    Args:
+        threshold: watch training accuracy until it reaches this, then validation loss.
+        patience: epochs without improvement before the rate drops.
+        factor: the rate is multiplied by this on a drop.
+        stop_patience: stop after this many drops without an improvement in between.
+        dwell: on a drop, go back to the best weights so far.
     """
 
     def __init__(self, threshold: float = 0.9, patience: int = 1, factor: float = 0.5,
@@ -47,35 +64,18 @@ class AdaptiveLR(keras.callbacks.Callback):
         self.best_epoch = 0
         self.monitor = ""
         self.best_weights: list[np.ndarray] | None = None
-        self.decision: dict[str, Any] = {}
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.best_weights is None:  # as in the reference: until an epoch improves, the start is best
             self.best_weights = self.model.get_weights()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
+        logs = {} if logs is None else logs
         accuracy = _number(logs.get("accuracy"), 0.0)
         val_loss = _number(logs.get("val_loss"), math.inf)
         learning_rate = current_learning_rate(self.model)
         previous_monitor = self.monitor
-        if accuracy < self.threshold:
-            self.monitor = "accuracy"
-            highest = self.highest_accuracy
-            improvement = (accuracy - highest) * 100 / highest if highest else 0.0
-            improved = accuracy > self.highest_accuracy
-            if improved:
-                self.highest_accuracy = accuracy
-                self.lowest_val_loss = min(self.lowest_val_loss, val_loss)
-        else:
-            self.monitor = "val_loss"
-            finite = math.isfinite(self.lowest_val_loss) and self.lowest_val_loss != 0
-            improvement = (self.lowest_val_loss - val_loss) * 100 / self.lowest_val_loss if finite else 0.0
-            improved = val_loss < self.lowest_val_loss
-            if improved:
-                self.lowest_val_loss = val_loss
-            self.highest_accuracy = max(self.highest_accuracy, accuracy)
-
+        improvement, improved = self._judge(accuracy, val_loss)
         actions = []
         if previous_monitor and previous_monitor != self.monitor:
             change = "reached" if self.monitor == "val_loss" else "fell below"
@@ -89,28 +89,51 @@ class AdaptiveLR(keras.callbacks.Callback):
         else:
             self.wait += 1
             if self.wait >= self.patience:
-                new_learning_rate = _short(learning_rate * self.factor)
-                self.model.optimizer.learning_rate = new_learning_rate
-                self.wait = 0
-                self.reductions += 1
-                actions.append(f"lr {learning_rate:.2e} -> {new_learning_rate:.2e}")
-                if self.dwell and self.best_weights is not None:
-                    self.model.set_weights(self.best_weights)
-                    restored = True
-                    actions.append(f"restored epoch {self.best_epoch} weights" if self.best_epoch
-                                   else "restored the initial weights")
-                elif not self.dwell:
-                    self.lowest_val_loss = min(self.lowest_val_loss, val_loss)
+                new_learning_rate, restored = self._reduce(learning_rate, val_loss, actions)
         if self.reductions >= self.stop_patience:
             self.model.stop_training = True
             actions.append(f"stop: {self.reductions} learning-rate reduction(s) without improvement")
-        self.decision = {
-            "monitor": self.monitor,
-            "improvement_pct": round(improvement, 4),
-            "next_learning_rate": _short(new_learning_rate),
-            "weights_restored": restored,
-            "action": "; ".join(actions),
-        }
+        logs.update(monitor=self.monitor, improvement_pct=round(improvement, 4),
+                    next_learning_rate=_short(new_learning_rate), weights_restored=restored,
+                    action="; ".join(actions))
+
+    def _judge(self, accuracy: float, val_loss: float) -> tuple[float, bool]:
+        """Pick the monitored metric, and return its improvement in percent and whether it improved
+        (updating the best values seen)."""
+        if accuracy < self.threshold:
+            self.monitor = "accuracy"
+            highest = self.highest_accuracy
+            improvement = (accuracy - highest) * 100 / highest if highest else 0.0
+            improved = accuracy > self.highest_accuracy
+            if improved:
+                self.highest_accuracy = accuracy
+                self.lowest_val_loss = min(self.lowest_val_loss, val_loss)
+            return improvement, improved
+        self.monitor = "val_loss"
+        finite = math.isfinite(self.lowest_val_loss) and self.lowest_val_loss != 0
+        improvement = (self.lowest_val_loss - val_loss) * 100 / self.lowest_val_loss if finite else 0.0
+        improved = val_loss < self.lowest_val_loss
+        if improved:
+            self.lowest_val_loss = val_loss
+        self.highest_accuracy = max(self.highest_accuracy, accuracy)
+        return improvement, improved
+
+    def _reduce(self, learning_rate: float, val_loss: float, actions: list[str]) -> tuple[float, bool]:
+        """Multiply the rate by `factor` and, with dwell, go back to the best weights; say so in `actions`.
+        Returns the new rate and whether weights were restored."""
+        new_learning_rate = _short(learning_rate * self.factor)
+        self.model.optimizer.learning_rate = new_learning_rate
+        self.wait = 0
+        self.reductions += 1
+        actions.append(f"lr {learning_rate:.2e} -> {new_learning_rate:.2e}")
+        if self.dwell and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+            actions.append(f"restored epoch {self.best_epoch} weights" if self.best_epoch
+                           else "restored the initial weights")
+            return new_learning_rate, True
+        if not self.dwell:
+            self.lowest_val_loss = min(self.lowest_val_loss, val_loss)
+        return new_learning_rate, False
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.best_weights is not None:

@@ -1,7 +1,8 @@
 """The epoch line and the history row: one record per epoch of what happened and what was decided.
 
-The row holds the metrics, the learning rate used, the epoch time and the controller's decision
-(see `adaptive.AdaptiveLR`); `checkpoint.RunCheckpoint` writes the rows to history.csv.
+The row holds the metrics, the learning rate used, the epoch time and the controller's decision, which
+the controller (`controller.AdaptiveLR`, earlier in the callback list) leaves in the epoch's `logs`;
+`checkpoint.RunCheckpoint` saves the rows as history.csv.
 """
 
 from __future__ import annotations
@@ -12,21 +13,27 @@ from typing import Any
 
 import keras
 
-from cxr.training.controller import AdaptiveLR, current_learning_rate
+from cxr.training.controller import DECISION_KEYS, current_learning_rate
+
+__all__ = ["EpochLog", "HISTORY_COLUMNS"]
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds",
-                   "monitor", "improvement_pct", "next_learning_rate", "weights_restored", "action", "answer"]
+                   *DECISION_KEYS, "answer"]
 
 
 class EpochLog(keras.callbacks.Callback):
-    """Build one history row per epoch and print it as one line. Put it after `AdaptiveLR`."""
+    """Build one history row per epoch and print it as one line. Put it after the controller.
 
-    def __init__(self, epochs: int, echo: Callable[[str], None] = print, adaptive: AdaptiveLR | None = None,
-                 rows: list[dict[str, Any]] | None = None):
+    Args:
+        epochs: the run's last epoch, for the `epoch n/N` of the line.
+        echo: where the line goes.
+        rows: the rows of earlier epochs (a resumed run's history).
+    """
+
+    def __init__(self, epochs: int, echo: Callable[[str], None] = print, rows: list[dict[str, Any]] | None = None):
         super().__init__()
         self.epochs = epochs
         self.echo = echo
-        self.adaptive = adaptive
         self.rows: list[dict[str, Any]] = list(rows or [])
         self.started = 0.0
         self.learning_rate = 0.0
@@ -40,19 +47,22 @@ class EpochLog(keras.callbacks.Callback):
         seconds = time.monotonic() - self.started
         row = {"epoch": epoch + 1, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
                "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
-               "learning_rate": self.learning_rate, "seconds": round(seconds, 3)}
-        decision = self.adaptive.decision if self.adaptive else {}
-        row.update({key: decision.get(key) for key in HISTORY_COLUMNS if key not in row})
-        row["answer"] = ""
+               "learning_rate": self.learning_rate, "seconds": round(seconds, 3),
+               **{key: logs.get(key) for key in DECISION_KEYS}, "answer": ""}
         self.rows.append(row)
         line = (f"epoch {epoch + 1}/{self.epochs}  loss {_fmt(row['loss'])}  acc {_fmt(row['accuracy'])}  "
                 f"val_loss {_fmt(row['val_loss'])}  val_acc {_fmt(row['val_accuracy'])}  "
                 f"lr {row['learning_rate']:.2e}  {seconds:.1f}s")
-        if decision:
-            line += f"  | {decision['monitor']} {decision['improvement_pct']:+.2f}%"
-            if decision["action"]:
-                line += f"  {decision['action']}"
+        if row["monitor"]:
+            line += f"  | {row['monitor']} {row['improvement_pct']:+.2f}%"
+            if row["action"]:
+                line += f"  {row['action']}"
         self.echo(line)
+
+    def record_answer(self, epoch: int, note: str) -> None:
+        """Put the user's answer at the prompt after epoch `epoch` (0-based) into that epoch's row."""
+        if self.rows and self.rows[-1]["epoch"] == epoch + 1:
+            self.rows[-1]["answer"] = note
 
 
 def _fmt(value: float | None) -> str:

@@ -1,22 +1,27 @@
-"""Training jobs: a new run (`train`) and the continuation of an unfinished one (`resume`).
+"""Training jobs: a new run (`train`) and the continuation of a stopped one (`resume`).
 
-Everything a run produces goes into its own new folder (see `files.new_run_dir`). After every
-epoch the run saves what it needs to continue (see `checkpoint`); Ctrl-C or SIGTERM stops at the
-next batch, evaluates the best model so far and says how to resume.
+Both tell the same story: prepare the data, build or restore the model, assemble the callbacks, fit,
+finish (status, model.keras), evaluate. Everything a run produces goes into its own new folder (a
+`Run`); after every epoch it saves what it needs to continue (`checkpoint`); Ctrl-C or SIGTERM stops
+at the next batch, evaluates the best model so far and says how to resume. In a job of several
+processes, process 0 writes the run and speaks; the others work in a scratch folder, quietly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from cxr import files
 from cxr.backend import enable_compilation_cache, enable_determinism
@@ -24,57 +29,161 @@ from cxr.config import Config
 from cxr.data.batches import ImageBatches, label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.prepare import prepare_split, summary_table
-from cxr.data.split import SPLITS, Split, read_split, write_split
+from cxr.data.split import SPLITS, Split
 from cxr.environment import software
 from cxr.errors import ConfigError, DatasetError, UserError
-from cxr.evaluation.evaluate import evaluate_run, read_run_config
+from cxr.evaluation.evaluate import evaluate_run
 from cxr.model import build_model, compile_model, load_model, resolve_weights
 from cxr.precision import hardware_note, model_precision
-from cxr.run import CONFIG_FILE, recorded_environment
+from cxr.run import Run
 from cxr.training import distribute
-from cxr.training.checkpoint import RunCheckpoint, lock_run, read_state, set_seed_states
+from cxr.training.checkpoint import RunCheckpoint, set_seed_states
 from cxr.training.controller import AdaptiveLR, current_learning_rate
 from cxr.training.history import EpochLog
 from cxr.training.prompt import AskToContinue
-from cxr.training.stopping import StopGuard, StopSignals, TrainingStopped, terminal_reader
+from cxr.training.stopping import Status, StopGuard, StopSignals, TrainingStopped, terminal_reader
+
+__all__ = ["train", "resume"]
 
 Reader = Callable[[str], "str | None"]
 
 
-def train(config: Config, progress: bool = True, echo=print, read: Reader | None = None) -> Path:
-    """Run a training job described by a validated Config; return its run folder.
+COMPLETE = (Status.FINISHED, Status.HALTED, Status.STOPPED_EARLY)  # training ended by design
 
-    `read` answers the ask-to-continue prompt (default: the terminal, when stdin is one).
+
+@dataclass(frozen=True)
+class Console:
+    """Where a process speaks: process 0 prints and may ask; the others of a job stay silent."""
+
+    echo: Callable[[str], None] = print
+    progress: bool = True
+    read: Reader | None = None
+
+    @classmethod
+    def quiet(cls) -> Console:
+        return cls(echo=lambda _: None, progress=False, read=None)
+
+
+@dataclass(frozen=True)
+class Loop:
+    """The callbacks of one fit, and the stop signals they watch."""
+
+    controller: AdaptiveLR
+    history: EpochLog
+    checkpoint: RunCheckpoint
+    prompt: AskToContinue | None
+    signals: StopSignals
+    callbacks: list[keras.callbacks.Callback]
+
+
+# The two entry points ---------------------------------------------------------------------------------
+
+def train(config: Config, progress: bool = True, echo=print, read: Reader | None = None) -> Path | None:
+    """Run a training job described by a validated Config.
+
+    Args:
+        config: the settings (see cxr.config.Config).
+        progress: show progress bars on a terminal.
+        echo: where messages go.
+        read: answers the ask-to-continue prompt (default: the terminal, when stdin is one).
+
+    Returns:
+        The new run folder (None in a process other than 0 of a job).
+
+    Raises:
+        DatasetError, WeightsError, ConfigError: before any long work, for missing or unusable inputs.
+        TrainingStopped: a stop signal or a non-finite loss ended training (the run is kept and evaluated).
     """
-    # Fail fast, before any long work: missing folders, then missing weights.
-    for kind, folder in (("dataset", config.data), ("split", config.split)):
-        if folder and not Path(folder).expanduser().is_dir():
-            raise DatasetError(f"{kind} folder not found: {folder}")
-    resolve_weights(config.weights, config.backbone)
+    _check_inputs(config)
     if config.deterministic:
         enable_determinism()  # before anything starts the backend
     placement = distribute.plan(config.distribute)
     distribute.global_batch(config.batch_size, config.per_device_batch, placement.replicas)  # fails fast
-    if not placement.chief:  # the same split from the same data and seed; process 0 writes the run
-        split = prepare_split(config, False, _quiet)
-        distribute.agree(placement, _split_bytes(split), "splits")
-        _check_not_empty(split)  # process 0 stops here too, so no process may go on alone
-        resolved = Config(**{**config.to_dict(), "data": split.root, "classes": split.classes})
+    console = Console(echo, progress, read) if placement.chief else Console.quiet()
+    split = prepare_split(config, console.progress, console.echo)
+    distribute.agree(placement, _split_bytes(split), "splits")  # the same split from the same data and seed
+    config = dataclasses.replace(config, data=split.root, classes=split.classes)
+    with workspace(placement, lambda: Run.create(config.runs_dir, config.name)) as run:
+        if placement.chief:
+            _record_new_run(run, config, split, console.echo)
+        _check_not_empty(split)  # every process stops here, so no process may go on alone
+        return _train_and_evaluate(run, config, split, console, placement=placement)
+
+
+def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate: float | None = None,
+           progress: bool = True, echo=print, read: Reader | None = None) -> Path | None:
+    """Continue a run from its last completed epoch.
+
+    Args:
+        run_dir: the run folder.
+        epochs: train to this epoch in all (also a complete run, with a fresh allowance of rate reductions).
+        learning_rate: replace the current rate (after a NaN loss, say).
+        progress, echo, read: as for `train`.
+
+    Returns:
+        The run folder (None in a process other than 0 of a job).
+
+    Raises:
+        ConfigError: the run is complete and no more epochs were asked for, or the devices cannot split its batch.
+        RunBusyError: another live process is writing the run.
+    """
+    run = Run(run_dir)
+    config = run.config().validate()
+    if config.deterministic:
+        enable_determinism()  # before anything starts the backend
+    placement = distribute.plan(config.distribute)
+    console = Console(echo, progress, read) if placement.chief else Console.quiet()
+    with run.lock() if placement.chief else contextlib.nullcontext():  # every process makes the same checks
+        state = _resumable_state(run)
+        config, state, finalize = _continuation(run, config, state, epochs, placement.chief)
+        if learning_rate is not None and not learning_rate > 0:
+            raise ConfigError(f"learning_rate must be positive, got {learning_rate!r}")
+        _global_batch(config, state, placement)  # fails fast when the devices changed
+        if placement.chief:
+            run.remove_temporaries(console.echo)
+        console.echo(f"resuming {run} after epoch {state['epoch'] if state else 0} of {config.epochs}"
+                     + (": training is complete, evaluating it" if finalize else ""))
+        if finalize and placement.replicas > 1:  # evaluation alone: one device, no partner processes
+            distribute.leave_processes(placement)
+            keras.distribution.set_distribution(None)
+            if not placement.chief:
+                return None
+            placement = distribute.Plan(placement.devices[:1])
+        with workspace(placement, lambda: run, locked=False) as own:
+            return _train_and_evaluate(own, config, run.split(), console, placement=placement, state=state,
+                                       learning_rate=learning_rate, finalize=finalize, source=run)
+
+
+# Setting up ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def workspace(placement: distribute.Plan, make_run: Callable[[], Run], locked: bool = True) -> Iterator[Run]:
+    """Where this process writes: process 0 the real run (locked while it writes); the others a scratch
+    run they delete, since saving a model is a collective step in a JAX job that every process takes."""
+    if not placement.chief:
         with tempfile.TemporaryDirectory(prefix="cxr-worker-") as scratch:
-            return _fit_and_evaluate(Path(scratch), resolved, split, None, False, _quiet, None, placement=placement)
-    split = prepare_split(config, progress, echo)
-    distribute.agree(placement, _split_bytes(split), "splits")
-    run_dir = files.new_run_dir(config.runs_dir, config.name)
-    with lock_run(run_dir):
-        echo(f"run folder: {run_dir}")
-        write_split(split, run_dir / "split")
-        resolved = Config(**{**config.to_dict(), "data": split.root, "classes": split.classes})
-        files.write_text(run_dir / CONFIG_FILE, resolved.to_yaml(environment=software()))
-        echo(summary_table(split).to_string())
-        groups = split.duplicates["group"].nunique() if len(split.duplicates) else 0
-        echo(f"duplicate groups kept within one split: {groups} ({len(split.duplicates)} images)")
-        _check_not_empty(split)
-        return _fit_and_evaluate(run_dir, resolved, split, None, progress, echo, read, placement=placement)
+            yield Run(scratch)
+        return
+    run = make_run()
+    with run.lock() if locked else contextlib.nullcontext():
+        yield run
+
+
+def _check_inputs(config: Config) -> None:
+    """Fail fast, before any long work: missing folders, then missing weights."""
+    for kind, folder in (("dataset", config.data), ("split", config.split)):
+        if folder and not Path(folder).expanduser().is_dir():
+            raise DatasetError(f"{kind} folder not found: {folder}")
+    resolve_weights(config.weights, config.backbone)
+
+
+def _record_new_run(run: Run, config: Config, split: Split, echo: Callable[[str], None]) -> None:
+    echo(f"run folder: {run}")
+    run.write_split(split)
+    run.write_config(config, environment=software())
+    echo(summary_table(split).to_string())
+    groups = split.duplicates["group"].nunique() if len(split.duplicates) else 0
+    echo(f"duplicate groups kept within one split: {groups} ({len(split.duplicates)} images)")
 
 
 def _split_bytes(split: Split) -> bytes:
@@ -89,66 +198,33 @@ def _check_not_empty(split: Split) -> None:
         raise DatasetError(f"the {', '.join(empty)} split(s) are empty: the dataset is too small to split")
 
 
-COMPLETE = ("finished", "halted", "stopped early")  # statuses after which training ended by design
+def _resumable_state(run: Run) -> dict[str, Any] | None:
+    state = run.state()
+    if state is None and run.is_trained():
+        raise UserError(f"{run} has no checkpoints/state.json: it was trained by an earlier version of "
+                        "cxr without resumable checkpoints; start a new run")
+    return state
 
 
-def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate: float | None = None,
-           progress: bool = True, echo=print, read: Reader | None = None) -> Path:
-    """Continue a run from its last completed epoch.
-
-    `epochs` trains to that epoch in all (also a complete run, with a fresh allowance of rate
-    reductions); `learning_rate` replaces the current rate (after a NaN loss, say).
-    """
-    run_dir = Path(run_dir)
-    config = Config(**read_run_config(run_dir)).validate()
-    if config.deterministic:
-        enable_determinism()  # before anything starts the backend
-    placement = distribute.plan(config.distribute)
-    chief = placement.chief  # every process makes the same checks; process 0 alone writes and speaks
-    if not chief:
-        progress, echo, read = False, _quiet, None
-    with lock_run(run_dir) if chief else contextlib.nullcontext():
-        state = read_state(run_dir)
-        if state is None and any((run_dir / name).exists() for name in ("history.csv", "model.keras")):
-            raise UserError(f"{run_dir} has no checkpoints/state.json: it was trained by an earlier version of "
-                            "cxr without resumable checkpoints; start a new run")
-        done = state["epoch"] if state else 0
-        complete = state is not None and (state.get("status") in COMPLETE or done >= config.epochs)
-        finalize = False
-        if epochs is not None:
-            if epochs <= done:
-                raise ConfigError(f"{run_dir} has trained {done} epoch(s) already; --epochs must be more than that")
-            config.epochs = epochs
-            if chief:
-                files.write_text(run_dir / CONFIG_FILE, config.validate().to_yaml(recorded_environment(run_dir)))
-            if state:
-                state["adaptive"].update(wait=0, reductions=0)
-        elif complete and (run_dir / "eval").is_dir():
-            raise ConfigError(f"{run_dir} is complete ({state.get('status')} after epoch {done} of {config.epochs}); "
-                              f"to train longer, add --epochs N with N > {done} (cxr evaluate {run_dir} evaluates "
-                              "it again)")
-        elif complete:
-            finalize = True  # training ended but its final evaluation did not: finish that
-        if learning_rate is not None and not learning_rate > 0:
-            raise ConfigError(f"learning_rate must be positive, got {learning_rate!r}")
-        _global_batch(config, state, placement)  # fails fast when the devices changed
+def _continuation(run: Run, config: Config, state: dict[str, Any] | None, epochs: int | None,
+                  chief: bool) -> tuple[Config, dict[str, Any] | None, bool]:
+    """What a resume does: train to more `epochs`, finish where training ended but its evaluation did
+    not (finalize), or refuse a run that is complete. Returns (config, state, finalize)."""
+    done = state["epoch"] if state else 0
+    complete = state is not None and (state.get("status") in COMPLETE or done >= config.epochs)
+    if epochs is not None:
+        if epochs <= done:
+            raise ConfigError(f"{run} has trained {done} epoch(s) already; --epochs must be more than that")
+        config = dataclasses.replace(config, epochs=epochs).validate()
         if chief:
-            files.remove_temporaries(run_dir, echo)
-        split = read_split(run_dir / "split")
-        echo(f"resuming {run_dir} after epoch {done} of {config.epochs}"
-             + (": training is complete, evaluating it" if finalize else ""))
-        if finalize and placement.replicas > 1:  # evaluation alone: one device, no partner processes
-            distribute.leave_processes(placement)
-            keras.distribution.set_distribution(None)
-            if not chief:
-                return None
-            placement = distribute.Plan(placement.devices[:1])
-        if not chief:
-            with tempfile.TemporaryDirectory(prefix="cxr-worker-") as scratch:
-                return _fit_and_evaluate(Path(scratch), config, split, state, False, _quiet, None,
-                                         learning_rate=learning_rate, placement=placement, source=run_dir)
-        return _fit_and_evaluate(run_dir, config, split, state, progress, echo, read,
-                                 learning_rate=learning_rate, finalize=finalize, placement=placement)
+            run.write_config(config, environment=run.environment())
+        if state:
+            state["adaptive"].update(wait=0, reductions=0)
+        return config, state, False
+    if complete and run.has_final_eval():
+        raise ConfigError(f"{run} is complete ({state.get('status')} after epoch {done} of {config.epochs}); "
+                          f"to train longer, add --epochs N with N > {done} (cxr evaluate {run} evaluates it again)")
+    return config, state, complete  # complete without its evaluation: finish that
 
 
 def _global_batch(config: Config, state: dict[str, Any] | None, placement: distribute.Plan) -> int:
@@ -163,47 +239,69 @@ def _global_batch(config: Config, state: dict[str, Any] | None, placement: distr
     return saved
 
 
-def _quiet(_: str) -> None:
-    """Processes other than 0 print nothing: process 0 speaks for the job."""
+# The story -------------------------------------------------------------------------------------------
 
-
-def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[str, Any] | None,
-                      progress: bool, echo, read: Reader | None, learning_rate: float | None = None,
-                      finalize: bool = False, placement: distribute.Plan | None = None,
-                      source: Path | None = None) -> Path | None:
-    """Train, then evaluate in process 0. A process other than 0 writes into a scratch `run_dir`:
-    saving a model is a collective step in a JAX job, so every process saves when process 0 does.
-    `source` is the run whose checkpoints a resume starts from (default `run_dir`)."""
-    classes = split.classes
-    placement = placement or distribute.Plan(("cpu:0",))
+def _train_and_evaluate(run: Run, config: Config, split: Split, console: Console, *, placement: distribute.Plan,
+                        state: dict[str, Any] | None = None, learning_rate: float | None = None,
+                        finalize: bool = False, source: Run | None = None) -> Path | None:
+    """Prepare the data, build or restore the model, fit, finish and evaluate. `source` is the run a resume
+    continues (its checkpoints and its runs folder); `run` is where this process writes."""
+    # The decode cache sits beside the run; a process other than 0 starting a new run has only a scratch run.
+    runs_dir = (source or run).path.parent if placement.chief or source else Path(config.runs_dir)
+    source = source or run
     batch = _global_batch(config, state, placement)
-    # In a job of several processes each decodes only its shard of train and val, and process 0
-    # evaluates on its own afterwards; one process decodes every split once, for both.
-    frames = ({name: split.frames[name].iloc[placement.shard(len(split.frames[name]))] for name in ("train", "val")}
-              if placement.process_count > 1 else split.frames)
-    try:
-        # Beside the run folder; a process other than 0 starting a new run has only a scratch folder.
-        runs_dir = (source or run_dir).parent if placement.chief or source else Path(config.runs_dir)
-        cache_dir = resolve_cache_dir(config.cache_dir, runs_dir)
-        arrays = {name: load_split_images(cache_dir, split.root, frame["file"], config.image_size,
-                                          config.workers, progress, desc=f"decode {name}", echo=echo)
-                  for name, frame in frames.items()}
-    except KeyboardInterrupt:
-        raise TrainingStopped(f"interrupted before training; resume with: cxr train --resume {run_dir}",
-                              "interrupted", 130) from None
-    labels = {name: label_indices(frame["label"], classes) for name, frame in frames.items()}
-
+    arrays, labels, cache_dir = _prepare_data(source, config, split, console, placement=placement, runs_dir=runs_dir)
     if cache_dir is not None:
         enable_compilation_cache(cache_dir / "xla")
     keras.utils.set_random_seed(config.seed)
-    folder = (source or run_dir) / "checkpoints"
+    model, best_weights = _build_or_restore(source, config, state, console.echo, placement=placement, batch=batch,
+                                            learning_rate=learning_rate)
+    train_batches, val_batches = _batches(arrays, labels, config, console.echo, placement=placement, batch=batch)
+    loop = _assemble_callbacks(run, config, state, best_weights, console, train_batches, placement=placement,
+                               batch=batch, finalize=finalize)
+    if not finalize:
+        _announce(model, config, console.echo, placement=placement, batch=batch)
+    stopped = _fit(model, train_batches, val_batches, loop, config, console, finalize=finalize)
+    distribute.leave_processes(placement)  # the rest is process 0's alone
+    if not placement.chief:
+        if stopped:  # the job's exit status, from every process
+            raise stopped
+        return None
+    _finish(run, config, loop, state, stopped, console.echo, finalize=finalize)
+    images = None if placement.process_count > 1 else arrays  # a shard is not the split
+    _evaluate(run, images, loop.checkpoint, stopped, console)
+    return run.path
+
+
+def _prepare_data(source: Run, config: Config, split: Split, console: Console, *, placement: distribute.Plan,
+                  runs_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Path | None]:
+    """Each split decoded once (from the decode cache when there is one), and its labels. In a job of
+    several processes each decodes only its shard of train and val; process 0 evaluates on its own later."""
+    frames = ({name: split.frames[name].iloc[placement.shard(len(split.frames[name]))] for name in ("train", "val")}
+              if placement.process_count > 1 else split.frames)
+    cache_dir = resolve_cache_dir(config.cache_dir, runs_dir)
+    try:
+        arrays = {name: load_split_images(cache_dir, split.root, frame["file"], config.image_size, config.workers,
+                                          console.progress, desc=f"decode {name}", echo=console.echo)
+                  for name, frame in frames.items()}
+    except KeyboardInterrupt:
+        raise TrainingStopped(f"interrupted before training; resume with: cxr train --resume {source}",
+                              Status.INTERRUPTED, 130) from None
+    labels = {name: label_indices(frame["label"], split.classes) for name, frame in frames.items()}
+    return arrays, labels, cache_dir
+
+
+def _build_or_restore(source: Run, config: Config, state: dict[str, Any] | None, echo: Callable[[str], None], *,
+                      placement: distribute.Plan, batch: int,
+                      learning_rate: float | None) -> tuple[keras.Model, list[np.ndarray] | None]:
+    """A new compiled model, or the saved one with its optimizer, random generators and best weights."""
     best_weights = None
     with placement.scope():
         if state:
-            model = load_model(folder / state["model"])  # weights, optimizer state and learning rate
+            model = load_model(source.checkpoint(state["model"]))  # weights, optimizer state and learning rate
             set_seed_states(model, state["seed_states"])
             if state.get("best_model"):
-                best_weights = load_model(folder / state["best_model"]).get_weights()
+                best_weights = load_model(source.checkpoint(state["best_model"])).get_weights()
             if learning_rate is not None:
                 echo(f"learning rate {current_learning_rate(model):.2e} -> {learning_rate:.2e}")
                 model.optimizer.learning_rate = learning_rate
@@ -211,7 +309,7 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
             note = hardware_note(config.precision)
             if note:
                 echo(f"note: {note}")
-            model = build_model(len(classes), config.image_size, config.weights, config.backbone,
+            model = build_model(len(config.classes), config.image_size, config.weights, config.backbone,
                                 config.bn_momentum, config.precision)
             rate = config.learning_rate
             if config.scale_learning_rate and batch != config.batch_size:
@@ -220,113 +318,152 @@ def _fit_and_evaluate(run_dir: Path, config: Config, split: Split, state: dict[s
                      "(linear scaling rule)")
             compile_model(model, rate)
     distribute.synchronize_batch_norm(model, placement)
+    return model, best_weights
+
+
+def _batches(arrays: dict[str, np.ndarray], labels: dict[str, np.ndarray], config: Config,
+             echo: Callable[[str], None], *, placement: distribute.Plan,
+             batch: int) -> tuple[ImageBatches, ImageBatches]:
+    """This process's part of each global batch; a short last batch is cut to a multiple of the devices."""
     per_process = batch // placement.process_count
-    train_batches = ImageBatches(arrays["train"], labels["train"], len(classes), per_process,
-                                 shuffle=True, seed=config.seed + placement.process_id,
-                                 multiple_of=placement.batch_multiple)
-    val_batches = ImageBatches(arrays["val"], labels["val"], len(classes), per_process,
+    n_classes = len(config.classes)
+    train_batches = ImageBatches(arrays["train"], labels["train"], n_classes, per_process, shuffle=True,
+                                 seed=config.seed + placement.process_id, multiple_of=placement.batch_multiple)
+    val_batches = ImageBatches(arrays["val"], labels["val"], n_classes, per_process,
                                multiple_of=placement.batch_multiple)
     for name, batches in (("train", train_batches), ("val", val_batches)):
         if batches.used < len(batches.images):
             echo(f"note: each epoch uses {batches.used} of this process's {len(batches.images)} {name} images: a "
                  f"short last batch is cut to a multiple of the {placement.batch_multiple} devices it is split over "
                  "(the final evaluation uses every image)")
+    return train_batches, val_batches
 
-    adaptive = AdaptiveLR(config.threshold, config.patience, config.factor, config.stop_patience, config.dwell)
+
+def _assemble_callbacks(run: Run, config: Config, state: dict[str, Any] | None, best_weights, console: Console,
+                        train_batches: ImageBatches, *, placement: distribute.Plan, batch: int,
+                        finalize: bool) -> Loop:
+    """The callbacks in the order they must run; each gets what it needs through its constructor and
+    tells later ones what it decided through the epoch's logs."""
+    controller = AdaptiveLR(config.threshold, config.patience, config.factor, config.stop_patience, config.dwell)
     if state:
-        adaptive.set_state(state["adaptive"], best_weights)
-    log = EpochLog(config.epochs, echo, adaptive, rows=state["history"] if state else None)
-    checkpoint = RunCheckpoint(run_dir, config.epochs, log, adaptive, state=state, ask_epoch=config.ask_epoch)
-    checkpoint.state["global_batch"] = batch
-    signals = StopSignals(on_second=lambda: _resume_hint(run_dir, checkpoint))
-    several = placement.process_count > 1  # the other processes could not learn the answer
-    if read is None and config.ask_epoch and sys.stdin.isatty() and not finalize and not several:
-        read = terminal_reader(signals)
-    asker = None
-    if read is not None and config.ask_epoch and not several:
-        asker = AskToContinue(config.ask_epoch, config.epochs, read, echo, on_answer=checkpoint.record_answer)
-        asker.set_state(checkpoint.state.get("ask", {}))
-        checkpoint.asker = asker
-    elif config.ask_epoch and not finalize:
-        echo("not asking whether to continue: " + ("the job has several processes" if several
-                                                    else "standard input is not a terminal"))
-
-    if not finalize:
-        echo(f"training {model.name} ({model.count_params():,} parameters) to epoch {config.epochs} "
-             f"at {config.image_size}px, batch {batch}, backend {keras.backend.backend()}, "
-             f"{model_precision(model)}" + (", deterministic" if config.deterministic else ""))
-        echo(f"devices: {placement.describe()}"
-             + (f", {batch // placement.replicas} images per device per step" if placement.replicas > 1 else ""))
-    # On a terminal, Keras' progress bar; its logger goes before EpochLog so that the epoch line is
-    # printed after the bar's last update rather than inside it. Elsewhere, the epoch lines only.
-    bar = progress and sys.stdout.isatty()
+        controller.set_state(state["adaptive"], best_weights)
+    history = EpochLog(config.epochs, console.echo, rows=state["history"] if state else None)
+    checkpoint = RunCheckpoint(run, config.epochs, history, controller, state=state, ask_epoch=config.ask_epoch,
+                               global_batch=batch)
+    signals = StopSignals(on_second=lambda: _resume_hint(run, checkpoint))
+    prompt = _prompt(config, state, console, signals, checkpoint, several=placement.process_count > 1,
+                     finalize=finalize)
+    # On a terminal, Keras' progress bar: before the controller, whose decision in the logs is text.
+    bar = console.progress and sys.stdout.isatty()
     callbacks = [StopGuard(signals),
                  keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: train_batches.set_epoch(epoch)),
-                 adaptive, *([keras.callbacks.ProgbarLogger()] if bar else []), log, checkpoint,
-                 *([asker] if asker else [])]
+                 *([keras.callbacks.ProgbarLogger()] if bar else []), controller, history, checkpoint,
+                 *([prompt] if prompt else [])]
+    return Loop(controller, history, checkpoint, prompt, signals, callbacks)
+
+
+def _prompt(config: Config, state: dict[str, Any] | None, console: Console, signals: StopSignals,
+            checkpoint: RunCheckpoint, *, several: bool, finalize: bool) -> AskToContinue | None:
+    """The ask-to-continue prompt, when there is someone to ask: a terminal, or the caller's `read`."""
+    read = console.read
+    if read is None and config.ask_epoch and sys.stdin.isatty() and not finalize and not several:
+        read = terminal_reader(signals)
+    if read is not None and config.ask_epoch and not several:
+        prompt = AskToContinue(config.ask_epoch, config.epochs, read, console.echo,
+                               on_answer=checkpoint.record_answer)
+        prompt.set_state((state or {}).get("ask", {"next_ask": config.ask_epoch}))
+        return prompt
+    if config.ask_epoch and not finalize:
+        console.echo("not asking whether to continue: " + ("the job has several processes" if several
+                                                            else "standard input is not a terminal"))
+    return None
+
+
+def _announce(model: keras.Model, config: Config, echo: Callable[[str], None], *, placement: distribute.Plan,
+              batch: int) -> None:
+    echo(f"training {model.name} ({model.count_params():,} parameters) to epoch {config.epochs} "
+         f"at {config.image_size}px, batch {batch}, backend {keras.backend.backend()}, "
+         f"{model_precision(model)}" + (", deterministic" if config.deterministic else ""))
+    echo(f"devices: {placement.describe()}"
+         + (f", {batch // placement.replicas} images per device per step" if placement.replicas > 1 else ""))
+
+
+def _fit(model: keras.Model, train_batches: ImageBatches, val_batches: ImageBatches, loop: Loop, config: Config,
+         console: Console, *, finalize: bool) -> TrainingStopped | None:
+    """Fit to the last epoch; return why training stopped early, if it did."""
+    bar = console.progress and sys.stdout.isatty()
     stopped = None
     try:
-        with signals:
+        with loop.signals:
             # shuffle=False: ImageBatches shuffles itself, reproducibly; Keras would reorder batches
             # with Python's global random state, which a resumed process cannot reproduce.
             if not finalize:
                 model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
-                          initial_epoch=checkpoint.state["epoch"], callbacks=callbacks, verbose=1 if bar else 0,
-                          shuffle=False)
+                          initial_epoch=loop.checkpoint.state["epoch"], callbacks=loop.callbacks,
+                          verbose=1 if bar else 0, shuffle=False)
     except TrainingStopped as error:
         stopped = error
-        adaptive.on_train_end()  # Keras skips it when fit raises; the model in memory gets the best too
-    if stopped is None and signals.received:  # it came after the last batch: stop before the long evaluation
-        stopped = signals.stopped("after the last epoch")
-    distribute.leave_processes(placement)  # the rest is process 0's alone
-    if not placement.chief:
-        if stopped:  # the job's exit status, from every process
-            raise stopped
-        return None
+        loop.controller.on_train_end()  # Keras skips it when fit raises; the model in memory gets the best too
+    if stopped is None and loop.signals.received:  # it came after the last batch: stop before the long evaluation
+        stopped = loop.signals.stopped("after the last epoch")
+    return stopped
 
-    done = checkpoint.state["epoch"]
-    if finalize:
-        status = state["status"] if state["status"] in COMPLETE else "finished"
-    elif stopped:
-        status = stopped.kind
-    elif asker is not None and asker.halted:
-        status = "halted"
-    elif adaptive.reductions >= adaptive.stop_patience and done < config.epochs:
-        status = "stopped early"
-    else:
-        status = "finished"
+
+def _finish(run: Run, config: Config, loop: Loop, state: dict[str, Any] | None, stopped: TrainingStopped | None,
+            echo: Callable[[str], None], *, finalize: bool) -> Status:
+    """Record how training ended and keep the best epoch's model as model.keras."""
+    done = loop.checkpoint.state["epoch"]
+    status = _status(config, loop, state, stopped, finalize=finalize)
     if done == 0:
-        hint = (f"; start it again with: cxr train --resume {run_dir}" if status == "interrupted"
-                else "; start a new run with a lower --learning-rate" if status == "nan" else "")
+        hint = (f"; start it again with: cxr train --resume {run}" if status == Status.INTERRUPTED
+                else "; start a new run with a lower --learning-rate" if status == Status.NAN else "")
         raise TrainingStopped(f"{stopped.reason if stopped else 'training stopped'}. No epoch was completed, so "
                               f"no model was saved{hint}", status, stopped.exit_code if stopped else 1)
-    checkpoint.commit(status)
-    kept = checkpoint.best_model_path or checkpoint.last_model_path
-    best = checkpoint.state.get("best_epoch")
+    loop.checkpoint.commit(status)
+    kept = loop.checkpoint.best_model_path or loop.checkpoint.last_model_path
+    best = loop.checkpoint.state.get("best_epoch")
     echo(f"training {status} after epoch {done} of {config.epochs}; "
          + (f"the best epoch ({best}) is kept as model.keras" if best
             else "no epoch improved on the initial weights, which are kept as model.keras"))
-    with files.atomic_path(run_dir / "model.keras") as tmp:
+    with files.atomic_path(run.model_path) as tmp:
         shutil.copyfile(kept, tmp)
+    return status
 
-    images = None if placement.process_count > 1 else arrays  # a shard is not the split
+
+def _status(config: Config, loop: Loop, state: dict[str, Any] | None, stopped: TrainingStopped | None, *,
+            finalize: bool) -> Status:
+    done = loop.checkpoint.state["epoch"]
+    if finalize:
+        return Status(state["status"]) if state["status"] in COMPLETE else Status.FINISHED
     if stopped:
-        with distribute.single_device():
-            metrics = evaluate_run(run_dir, images=images, progress=progress, echo=echo,
-                                   out_name="eval-interrupted", splits=("val", "test"))
-        command = f"cxr train --resume {run_dir}"
-        if stopped.kind == "nan":
-            command += f" --learning-rate {checkpoint.state['learning_rate'] / 10:.2g}"
-        raise TrainingStopped(f"{stopped.reason}. {_saved(done).capitalize()}; the best so far is model.keras, "
-                              f"evaluated in {metrics['eval_dir']}. Resume with: {command}",
-                              stopped.kind, stopped.exit_code)
-    with distribute.single_device():  # every image counts, on one device, with no partner processes
-        evaluate_run(run_dir, images=images, progress=progress, echo=echo)
-    return run_dir
+        return Status(stopped.kind)
+    if loop.prompt is not None and loop.prompt.halted:
+        return Status.HALTED
+    if loop.controller.reductions >= loop.controller.stop_patience and done < config.epochs:
+        return Status.STOPPED_EARLY
+    return Status.FINISHED
 
 
-def _resume_hint(run_dir: Path, checkpoint: RunCheckpoint) -> str:
-    return f"In {run_dir}, {_saved(checkpoint.saved_epoch)}. Resume with: cxr train --resume {run_dir}"
+def _evaluate(run: Run, images: dict[str, np.ndarray] | None, checkpoint: RunCheckpoint,
+              stopped: TrainingStopped | None, console: Console) -> None:
+    """The final evaluation on one device; after a stop, on val and test only, then the resume command."""
+    if not stopped:
+        with distribute.single_device():  # every image counts, on one device, with no partner processes
+            evaluate_run(run.path, images=images, progress=console.progress, echo=console.echo)
+        return
+    with distribute.single_device():
+        metrics = evaluate_run(run.path, images=images, progress=console.progress, echo=console.echo,
+                               out_name="eval-interrupted", splits=("val", "test"))
+    command = f"cxr train --resume {run}"
+    if stopped.kind == Status.NAN:
+        command += f" --learning-rate {checkpoint.state['learning_rate'] / 10:.2g}"
+    raise TrainingStopped(f"{stopped.reason}. {_saved(checkpoint.state['epoch']).capitalize()}; the best so far is "
+                          f"model.keras, evaluated in {metrics['eval_dir']}. Resume with: {command}",
+                          stopped.kind, stopped.exit_code)
+
+
+def _resume_hint(run: Run, checkpoint: RunCheckpoint) -> str:
+    return f"In {run}, {_saved(checkpoint.saved_epoch)}. Resume with: cxr train --resume {run}"
 
 
 def _saved(done: int) -> str:

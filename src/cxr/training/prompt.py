@@ -11,6 +11,7 @@ from typing import Any
 
 import keras
 
+__all__ = ["AskToContinue", "parse_answer"]
 HALT = "halt"
 CONTINUE = "continue"
 
@@ -32,13 +33,20 @@ def parse_answer(answer: str | None) -> tuple[str, int] | None:
 class AskToContinue(keras.callbacks.Callback):
     """Ask after epoch `ask_epoch` whether to halt, train n more epochs and ask again, or go on.
 
-    `read(prompt)` returns the answer, or None at the end of input (taken as Enter). Put this
-    callback after the one that saves the epoch. `on_answer(epoch, text)` records each answer.
+    Put this callback after the one that saves the epoch.
+
+    Args:
+        ask_epoch: the first epoch after which to ask (None or 0: never).
+        epochs: the run's last epoch (no question after it).
+        read: `read(prompt)` returns the answer, or None at the end of input (taken as Enter).
+        echo: where messages go.
+        on_answer: `on_answer(epoch, note, state)` records each answer and the prompt's new state
+            (`get_state()`), so that the saved run asks again when an uninterrupted one would.
     """
 
     def __init__(self, ask_epoch: int | None, epochs: int, read: Callable[[str], str | None],
                  echo: Callable[[str], None] = print,
-                 on_answer: Callable[[int, str], None] | None = None):
+                 on_answer: Callable[[int, str, dict[str, Any]], None] | None = None):
         super().__init__()
         self.next_ask = ask_epoch or None
         self.epochs = epochs
@@ -73,7 +81,7 @@ class AskToContinue(keras.callbacks.Callback):
             note = f"training to epoch {self.epochs}{cap} without asking again{end}"
         self.echo(note)
         if self.on_answer:
-            self.on_answer(epoch, note)
+            self.on_answer(epoch, note, self.get_state())
 
     def get_state(self) -> dict[str, Any]:
         return {"next_ask": self.next_ask}

@@ -14,12 +14,26 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 
 import keras
 
 from cxr.errors import UserError
 
+__all__ = ["Status", "StopGuard", "StopSignals", "TrainingStopped", "terminal_reader"]
+
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Status(StrEnum):
+    """How a run's training stands, as state.json records it."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    HALTED = "halted"  # the user answered H
+    STOPPED_EARLY = "stopped early"  # the controller's stop_patience
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
+    NAN = "nan"  # a loss that is not finite
 
 
 class TrainingStopped(UserError):
@@ -63,7 +77,7 @@ class StopSignals:
 
     def stopped(self, where: str) -> TrainingStopped:
         name = self.received or "SIGINT"
-        return TrainingStopped(f"interrupted by {name} {where}", "interrupted", EXIT_CODES.get(name, 1))
+        return TrainingStopped(f"interrupted by {name} {where}", Status.INTERRUPTED, EXIT_CODES.get(name, 1))
 
     @contextlib.contextmanager
     def prompt(self) -> Iterator[None]:
@@ -125,7 +139,7 @@ class StopGuard(keras.callbacks.Callback):
         value = (logs or {}).get(name)
         if value is not None and not math.isfinite(float(value)):
             raise TrainingStopped(f"the {'training' if name == 'loss' else 'validation'} loss became "
-                                  f"{float(value)} {where}", "nan", 3)
+                                  f"{float(value)} {where}", Status.NAN, 3)
 
     def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._check(f"during the validation of epoch {self.epoch}")
