@@ -8,6 +8,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+__all__ = ["accelerators", "enable_compilation_cache", "enable_determinism", "gradient"]
+
 
 def enable_determinism() -> None:
     """Ask the backend for deterministic kernels (the seed is set separately)."""
@@ -26,7 +28,8 @@ def enable_determinism() -> None:
 def enable_compilation_cache(folder: str | os.PathLike) -> bool:
     """JAX: keep compiled XLA programs in `folder`, so the next run of the same model (a resume, another
     seed) loads its train step instead of compiling it again. TensorFlow has no such cache; returns
-    whether one is on."""
+    whether one is on.
+    """
     if keras.backend.backend() != "jax":
         return False
     import jax
@@ -43,7 +46,7 @@ def accelerators() -> list[str]:
 
 
 def gradient(function, x: np.ndarray):
-    """d sum(function(x)) / dx with the active backend's automatic differentiation (for Grad-CAM)."""
+    """D sum(function(x)) / dx with the active backend's automatic differentiation (for Grad-CAM)."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf

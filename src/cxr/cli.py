@@ -7,7 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from cxr.config import BACKBONES, DISTRIBUTE, PRECISIONS
 from cxr.errors import UserError
+from cxr.inference.engines import ENGINES
+
+__all__ = ["build_parser", "main"]
 
 # Quiet TensorFlow's start-up chatter unless the user asked for it; must precede any keras import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -45,24 +49,35 @@ def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `cxr` parser: one sub-command per verb, each added by its own function below."""
     from cxr.environment import version_line
 
     parser = argparse.ArgumentParser(prog="cxr", description="Chest X-ray classification with DenseNet169 on Keras 3.")
     parser.add_argument("--version", action="version", version=version_line(),
                         help="the versions of cxr, Keras and the active backend, and exit")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_split, _add_train, _add_evaluate, _add_predict, _add_compare, _add_explain,
+                _add_serve, _add_export):
+        add(commands)
+    return parser
 
+
+def _add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="train and evaluate on a built-in synthetic dataset (no download)")
     demo.add_argument("--runs-dir", default="runs")
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--per-class", type=int, default=None, help="phantom images per class")
-    demo.add_argument("--backbone", choices=["densenet169", "tiny"], default="densenet169")
-    demo.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    demo.add_argument("--backbone", choices=BACKBONES, default="densenet169")
+    demo.add_argument("--precision", choices=PRECISIONS, default="fp32")
 
+
+def _add_split(commands) -> None:
     split = commands.add_parser("split", help="scan a dataset and write a train/val/test split")
     add_data_options(split)
     split.add_argument("--out", required=True, help="folder to write the split into (must not exist)")
 
+
+def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a classifier; writes a new run folder")
     add_data_options(train)
     train.add_argument("--config", help="YAML file of settings (flags override it)")
@@ -74,15 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-size", type=int, help="square input size in pixels (default 224)")
     train.add_argument("--learning-rate", type=float, help="Adamax learning rate (default 0.001)")
     train.add_argument("--weights", help="imagenet (default), none, or a DenseNet169 no-top .h5 file")
-    train.add_argument("--backbone", choices=["densenet169", "tiny"], help="default densenet169")
-    train.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+    train.add_argument("--backbone", choices=BACKBONES, help="default densenet169")
+    train.add_argument("--precision", choices=PRECISIONS,
                        help="fp32 (default), or mixed precision: bf16/fp16 compute, float32 weights (GPUs; "
                             "CPUs with AVX512-BF16 for bf16)")
     train.add_argument("--bn-momentum", type=float,
                        help="backbone batch-norm momentum (default: Keras' 0.99; 0.9 for short runs from scratch)")
     add_bootstrap_options(train)
+    _add_parallel_options(train)
+    _add_control_options(train)
+
+
+def _add_parallel_options(train: argparse.ArgumentParser) -> None:
     parallel = train.add_argument_group("several devices and hosts (see README: Training on GPUs and clusters)")
-    parallel.add_argument("--distribute", choices=["auto", "none"],
+    parallel.add_argument("--distribute", choices=DISTRIBUTE,
                           help="auto (default): data parallel over every local GPU and every process of the job; "
                                "none: one device")
     parallel.add_argument("--per-device-batch", type=int, metavar="N",
@@ -96,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="processes in the job (or KERAS_DISTRIBUTION_NUM_PROCESSES)")
     parallel.add_argument("--process-id", type=int,
                           help="this process's number, 0 to N-1; 0 writes the run (or KERAS_DISTRIBUTION_PROCESS_ID)")
+
+
+def _add_control_options(train: argparse.ArgumentParser) -> None:
     control = train.add_argument_group("learning-rate controller and training control (the reference's callback)")
     control.add_argument("--threshold", type=float,
                          help="monitor training accuracy until it reaches this, then val_loss (default 0.9)")
@@ -113,39 +136,49 @@ def build_parser() -> argparse.ArgumentParser:
                          help="continue this run from its last completed epoch (with --epochs: train to that epoch; "
                               "with --learning-rate: from that rate)")
 
+
+def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a finished run again")
     evaluate.add_argument("run", help="run folder (runs/<time>-<name>)")
     evaluate.add_argument("--batch-size", type=int)
     add_bootstrap_options(evaluate)
 
+
+def _add_predict(commands) -> None:
     predict = commands.add_parser("predict", help="class probabilities for image files and folders")
     predict.add_argument("model", help="a model.keras file, or a run folder")
     predict.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
     predict.add_argument("--csv", help="also write the table to this CSV file (must not exist)")
     predict.add_argument("--batch-size", type=int, default=32)
-    predict.add_argument("--engine", choices=["auto", "keras", "onnx"], default="auto",
+    predict.add_argument("--engine", choices=ENGINES, default="auto",
                          help="onnx: ONNX Runtime on the exported model.onnx (no TensorFlow needed); "
                               "auto (default): onnx when the run has a current export, else keras")
     predict.add_argument("--calibrated", action="store_true",
                          help="temperature-scaled probabilities (the temperature the newest evaluation of this "
                               "model fitted on val)")
-    predict.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+    predict.add_argument("--precision", choices=PRECISIONS,
                          help="compute precision for the keras engine (default: the model's own)")
 
+
+def _add_compare(commands) -> None:
     compare = commands.add_parser("compare", help="headline test metrics of several runs side by side")
     compare.add_argument("runs", nargs="+", help="run folders")
 
+
+def _add_explain(commands) -> None:
     explain = commands.add_parser("explain", help="Grad-CAM heat-map overlays for image files and folders")
     explain.add_argument("model", help="a model.keras file, or a run folder")
     explain.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
     explain.add_argument("--out", required=True, help="folder to write the overlays into (must not exist)")
     explain.add_argument("--class", dest="class_name", help="explain this class (default: each image's prediction)")
 
+
+def _add_serve(commands) -> None:
     serve = commands.add_parser("serve", help="a REST API for a model (loopback only unless --host says otherwise)")
     serve.add_argument("model", help="a run folder, a model.keras or a model.onnx file")
     serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--engine", choices=["auto", "keras", "onnx"], default="auto")
+    serve.add_argument("--engine", choices=ENGINES, default="auto")
     serve.add_argument("--max-upload-mb", type=float, default=20, help="largest accepted upload (default 20 MB)")
     serve.add_argument("--max-batch", type=int, default=None,
                        help="run up to this many concurrent requests as one batch (1: no batching; default 16 "
@@ -153,11 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-window-ms", type=float, default=5.0,
                        help="how long the first request of a batch waits for others (default 5 ms)")
 
+
+def _add_export(commands) -> None:
     export = commands.add_parser("export", help="export a trained model for inference without TensorFlow")
     export.add_argument("model", help="a model.keras file, or a run folder")
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("--out", help="file to write (default: model.onnx beside the model; must not exist)")
-    return parser
 
 
 def _settings(args: argparse.Namespace, names: list[str]) -> dict:
@@ -289,6 +323,7 @@ COMMANDS = {"demo": run_demo, "split": run_split, "train": run_train, "evaluate"
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `cxr` command; return its exit status (2 for a usable error, 130/143 for a stop)."""
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

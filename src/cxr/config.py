@@ -16,6 +16,8 @@ import yaml
 
 from cxr.errors import ConfigError
 
+__all__ = ["BACKBONES", "Config", "DISTRIBUTE", "ENVIRONMENT_KEY", "FIELDS", "load_yaml", "PRECISIONS", "resolve"]
+
 BACKBONES = ("densenet169", "tiny")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DISTRIBUTE = ("auto", "none")
@@ -26,6 +28,8 @@ ENVIRONMENT_KEY = "environment"
 
 @dataclass
 class Config:
+    """A run's settings; the defaults are the reference system's hyper-parameters."""
+
     data: str | None = None  # dataset folder (Kaggle layout or <Class>/*.png)
     split: str | None = None  # reuse the split in this folder instead of making one
     name: str = "run"

@@ -12,6 +12,8 @@ from cxr.data.synthetic import write_synthetic_dataset
 from cxr.run import Run
 from cxr.training.loop import train
 
+__all__ = ["demo", "demo_data", "DEMO_DEFAULTS"]
+
 DEMO_DEFAULTS = {"per_class": 150, "source_size": 128, "image_size": 64, "epochs": 10, "batch_size": 16,
                  "bn_momentum": 0.9}
 

@@ -34,7 +34,8 @@ def _package_version(*names: str) -> str | None:
 
 def active_backend() -> str:
     """The Keras backend this process uses or would use: Keras' own answer once it is imported, else
-    what Keras would read at import (KERAS_BACKEND, then `keras.json`, then TensorFlow)."""
+    what Keras would read at import (KERAS_BACKEND, then `keras.json`, then TensorFlow).
+    """
     if "keras" in sys.modules:
         return sys.modules["keras"].backend.backend()
     if os.environ.get("KERAS_BACKEND"):
@@ -61,7 +62,8 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp1
 
 def cpu() -> dict[str, object]:
     """The CPU model, its logical cores and which of CPU_FLAGS it has (Linux: /proc/cpuinfo; elsewhere
-    the model name only), so that a figure says which machine it came from."""
+    the model name only), so that a figure says which machine it came from.
+    """
     model, flags = platform.processor() or platform.machine(), None
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")

@@ -1,5 +1,7 @@
 """Errors that a user can act on. The CLI prints their message without a traceback."""
 
+__all__ = ["ConfigError", "DatasetError", "ImageError", "UserError", "WeightsError"]
+
 
 class UserError(Exception):
     """Bad input or a missing resource; the message names the file or setting and the problem."""

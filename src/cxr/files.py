@@ -13,9 +13,14 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+__all__ = ["atomic_path", "new_numbered_dir", "remove_temporaries", "sha256", "write_csv", "write_json",
+           "write_text", "write_with"]
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 _UMASK = os.umask(0)  # read once, at import (the only portable way), and put straight back
 os.umask(_UMASK)
@@ -66,16 +71,19 @@ def sha256(path: str | os.PathLike) -> str:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 text."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Atomically write indented JSON."""
     return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path: str | os.PathLike, frame: pd.DataFrame, **kwargs: Any) -> Path:
+    """Atomically write a DataFrame as CSV (without its index unless asked)."""
     kwargs.setdefault("index", False)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, **kwargs)

@@ -22,6 +22,11 @@ from cxr.config import BACKBONES
 from cxr.errors import WeightsError
 from cxr.precision import precision_scope
 
+__all__ = ["build_model", "compile_model", "DENSENET169_NOTOP_FILE", "DENSENET169_NOTOP_MD5",
+           "DENSENET169_NOTOP_URL", "head", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_weights_path",
+           "LAST_CONV_LAYER", "load_backbone_weights", "load_model", "predict_array", "preprocess",
+           "resolve_weights"]
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 DENSENET169_NOTOP_FILE = "densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -142,10 +147,22 @@ def build_model(
     bn_momentum: float | None = None,
     precision: str = "fp32",
 ) -> keras.Model:
-    """Build the classifier; `weights` is "imagenet", "none"/None, or a path to a .h5 file.
+    """Build the classifier: uint8 gray image in, class probabilities out.
 
-    `bn_momentum` replaces the momentum of the backbone's batch-norm layers (the head keeps 0.99).
-    `precision` (fp32, bf16, fp16) is saved with the model (see cxr.precision).
+    Args:
+        n_classes: the number of classes (at least 2).
+        image_size: the square input size in pixels.
+        weights: "imagenet", "none" or None, or a path to a DenseNet169 no-top .h5 file.
+        backbone: "densenet169", or "tiny" (a small CNN for tests and smoke runs).
+        bn_momentum: replaces the momentum of the backbone's batch-norm layers (the head keeps 0.99).
+        precision: fp32, bf16 or fp16; saved with the model (see cxr.precision).
+
+    Returns:
+        The uncompiled Keras model (see compile_model).
+
+    Raises:
+        ValueError: an unknown backbone or fewer than 2 classes.
+        WeightsError: the weights cannot be had or are not DenseNet169's.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")

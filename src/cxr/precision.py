@@ -16,6 +16,8 @@ import keras
 
 from cxr.config import PRECISIONS
 
+__all__ = ["hardware_note", "model_precision", "POLICIES", "precision_scope", "with_precision"]
+
 POLICIES = dict(zip(PRECISIONS, ("float32", "mixed_bfloat16", "mixed_float16"), strict=True))
 
 

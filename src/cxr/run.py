@@ -93,7 +93,8 @@ class EvalDir:
 
     def table(self, name: str) -> Path:
         """A CSV table: confusion_matrix, classification_report, metrics_per_class, metrics_per_source,
-        reliability."""
+        reliability.
+        """
         return self.path / f"{name}.csv"
 
     @property
@@ -109,7 +110,8 @@ class EvalDir:
 
     def recorded_time(self) -> tuple[int, float, int]:
         """Sort key: the time the evaluation recorded in its metrics.json, else (evaluations written
-        before cxr recorded it) the file's modification time; then the folder's number."""
+        before cxr recorded it) the file's modification time; then the folder's number.
+        """
         number = _EVALUATION.fullmatch(self.name).group(2)
         evaluated = (self.read_metrics() or {}).get("evaluated")
         if evaluated:
@@ -285,7 +287,8 @@ class Run:
 
     def training_summary(self) -> dict[str, Any] | None:
         """How far training got and when it ended, from the run's own state (not a file's modification
-        time, which a copy of the run changes); None when no epoch was completed."""
+        time, which a copy of the run changes); None when no epoch was completed.
+        """
         state = _read_json(self.state_path)
         if state is None:
             return None

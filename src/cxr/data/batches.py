@@ -14,6 +14,8 @@ import pandas as pd
 
 from cxr.errors import DatasetError
 
+__all__ = ["ImageBatches", "label_indices"]
+
 
 def label_indices(labels: pd.Series | list[str], classes: list[str]) -> np.ndarray:
     """Class indices for label names; an unknown label is an error that names it."""

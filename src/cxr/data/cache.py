@@ -23,6 +23,9 @@ from cxr import files as outputs
 from cxr.data.images import load_image
 from cxr.errors import DatasetError, ImageError
 
+__all__ = ["CACHE_FORMAT", "cache_key", "cached_images", "decode_into", "load_split_images", "resolve_cache_dir",
+           "unreadable_images"]
+
 CACHE_FORMAT = 1
 
 

@@ -15,6 +15,8 @@ import numpy as np
 
 from cxr.errors import ImageError
 
+__all__ = ["decode_dicom", "DICOM_MAGIC_OFFSET", "is_dicom"]
+
 DICOM_MAGIC_OFFSET = 128
 
 

@@ -15,6 +15,9 @@ import numpy as np
 from cxr.data.dicom import DICOM_MAGIC_OFFSET, decode_dicom, is_dicom
 from cxr.errors import ImageError
 
+__all__ = ["decode_gray", "image_format", "IMAGE_SUFFIXES", "load_image", "looks_like_image", "read_bytes",
+           "read_gray", "resize_square", "to_gray8"]
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 
 _SIGNATURES = {
@@ -45,7 +48,8 @@ _SNIFF_BYTES = DICOM_MAGIC_OFFSET + 4
 def looks_like_image(path: str | os.PathLike) -> bool:
     """Whether a file found in a folder should be read as an image: an image suffix, or the first bytes
     of a PNG, JPEG or DICOM file. An unreadable file with an image suffix still counts (and is then
-    reported with its reason); an unreadable file without one does not."""
+    reported with its reason); an unreadable file without one does not.
+    """
     path = Path(path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True

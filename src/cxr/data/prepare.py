@@ -12,6 +12,8 @@ from cxr.data.scan import scan_dataset
 from cxr.data.split import Split, make_split, read_split
 from cxr.errors import DatasetError
 
+__all__ = ["prepare_split", "summary_table"]
+
 
 def prepare_split(config: Config, progress: bool = True, echo=print) -> Split:
     """Scan and split the dataset, or read the split in `config.split`.

@@ -21,6 +21,8 @@ from tqdm import tqdm
 from cxr.data.images import decode_gray, looks_like_image, read_bytes
 from cxr.errors import DatasetError, ImageError
 
+__all__ = ["discover_classes", "IMAGE_COLUMNS", "PHASH_SIZE", "Scan", "scan_dataset", "SKIPPED_COLUMNS"]
+
 IMAGE_COLUMNS = ["file", "label", "md5", "phash", "height", "width"]
 SKIPPED_COLUMNS = ["file", "label", "reason"]
 # A 16x16 DCT hash (256 bits): on the real sample, distinct radiographs differ in at least 54
@@ -30,6 +32,8 @@ PHASH_SIZE = 16
 
 @dataclass
 class Scan:
+    """What a dataset folder holds: its classes, every usable image and every skipped file."""
+
     root: Path
     classes: list[str]
     layout: str  # "kaggle", "plain" or "mixed"

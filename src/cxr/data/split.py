@@ -23,6 +23,9 @@ from cxr import files
 from cxr.data.scan import SKIPPED_COLUMNS, Scan
 from cxr.errors import DatasetError
 
+__all__ = ["assign_splits", "DUPLICATE_COLUMNS", "duplicate_groups", "make_split", "read_split", "Split",
+           "SPLIT_COLUMNS", "SPLITS", "write_split"]
+
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["file", "label", "group"]
 DUPLICATE_COLUMNS = ["group", "file", "label", "match", "distance"]
@@ -30,6 +33,8 @@ DUPLICATE_COLUMNS = ["group", "file", "label", "match", "distance"]
 
 @dataclass
 class Split:
+    """A train/val/test split: per split the files and labels, the duplicate groups and skipped files."""
+
     frames: dict[str, pd.DataFrame]  # split name -> SPLIT_COLUMNS
     duplicates: pd.DataFrame  # DUPLICATE_COLUMNS, one row per image in a group of 2 or more
     skipped: pd.DataFrame  # SKIPPED_COLUMNS: files the scan could not use

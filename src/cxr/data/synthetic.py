@@ -20,6 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+__all__ = ["CLASSES", "make_phantom", "write_synthetic_dataset"]
+
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 
 

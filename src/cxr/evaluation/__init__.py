@@ -7,3 +7,5 @@
 - `plots`, `report`: the figures and the self-contained HTML page.
 - `compare`: the headline metrics of several runs side by side.
 """
+
+__all__: list[str] = []

@@ -21,10 +21,15 @@ from cxr import files
 from cxr.errors import UserError
 from cxr.run import Run
 
+__all__ = ["apply_temperature", "calibration_record", "expected_calibration_error", "find_temperature",
+           "fit_temperature", "negative_log_likelihood", "reliability_bins", "reliability_tables",
+           "require_temperature", "save_temperature"]
+
 _TINY = 1e-12
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log p / T) for each row: the one way cxr applies a temperature."""
     logits = np.log(np.clip(probabilities, _TINY, 1.0)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     scaled = np.exp(logits)
@@ -32,6 +37,7 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
 
 
 def negative_log_likelihood(truth: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean -log p(true class), with p clipped away from 0."""
     return float(-np.mean(np.log(np.clip(probabilities[np.arange(len(truth)), truth], _TINY, 1.0))))
 
 
@@ -68,7 +74,8 @@ def expected_calibration_error(truth: np.ndarray, probabilities: np.ndarray, bin
 def calibration_record(val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                        model_sha256: str) -> dict:
     """The temperature fitted on val (truth, probabilities) and the test set's calibration before and
-    after it, tied to the model file it belongs to by its SHA-256 (what calibration.json holds)."""
+    after it, tied to the model file it belongs to by its SHA-256 (what calibration.json holds).
+    """
     temperature = fit_temperature(*val)
     scaled = apply_temperature(test[1], temperature)
     return {
@@ -96,7 +103,8 @@ def save_temperature(path: str | os.PathLike, record: dict) -> Path:
 
 def find_temperature(model_path: str | os.PathLike) -> tuple[float, Path] | None:
     """The temperature the newest evaluation fitted for the model file at `model_path`, and its file;
-    None for a bare file or when no evaluation fitted one for this very model (see Run.temperature)."""
+    None for a bare file or when no evaluation fitted one for this very model (see Run.temperature).
+    """
     run = Run.containing(model_path)
     return run.temperature(model_path) if run else None
 

@@ -68,10 +68,12 @@ def evaluate_run(
         run_dir: the run folder.
         images: already decoded split arrays (training passes them), to avoid decoding twice.
         batch_size: images per prediction call (default max(32, the run's batch size)).
-        progress, echo: progress bars and where messages go.
+        progress: show decoding progress bars.
+        echo: where messages go.
         out_name: `eval` (then eval-2, ...), or `eval-interrupted` for a stopped training.
         splits: which splits to evaluate (a stopped training evaluates val and test only, to stop soon).
-        bootstrap, bootstrap_seed: resamples and seed for the intervals (default: the run's settings).
+        bootstrap: stratified bootstrap resamples for the intervals (default: the run's setting; 0: none).
+        bootstrap_seed: their seed (default: the run's setting).
 
     Returns:
         The metrics written to metrics.json, with `eval_dir` added.
@@ -142,7 +144,8 @@ def cross_entropy(targets: np.ndarray, probabilities: np.ndarray, n_classes: int
 def compute_metrics(predictions: dict[str, Predictions], classes: list[str], *, resamples: int, seed: int,
                     model_sha256: str, source_map: dict[str, str], split: Split, root: str) -> dict:
     """Every number of an evaluation, as JSON-ready data: loss and accuracy per split and, with a test
-    split, the clinical metrics, the calibration (temperature fitted on val) and the per-source audit."""
+    split, the clinical metrics, the calibration (temperature fitted on val) and the per-source audit.
+    """
     n_classes = len(classes)
     metrics: dict = {"splits": {name: {"images": int(len(p.truth)),
                                        "loss": cross_entropy(p.truth, p.probabilities, n_classes),

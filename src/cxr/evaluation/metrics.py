@@ -43,7 +43,8 @@ def _nanmean(values: np.ndarray, weights: np.ndarray | None = None) -> float:
 
 def point_metrics(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """Every metric as a flat {name: value}: `accuracy`, ..., `<metric>/<class index>`, `macro/<metric>`,
-    `weighted/<metric>` (weighted by each class's number of true cases)."""
+    `weighted/<metric>` (weighted by each class's number of true cases).
+    """
     truth = np.asarray(truth)
     n_classes = probabilities.shape[1]
     labels = np.arange(n_classes)
@@ -86,7 +87,8 @@ def point_metrics(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, flo
 
 def stratified_resamples(truth: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     """Row indices of `n_resamples` bootstrap samples drawn with replacement within each true class,
-    so every resample has the class counts of the original set."""
+    so every resample has the class counts of the original set.
+    """
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(truth == label) for label in np.unique(truth)]
     return np.stack([np.concatenate([rng.choice(group, len(group)) for group in groups])
@@ -132,7 +134,8 @@ def clinical_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: list
 
 def per_class_frame(result: dict) -> pd.DataFrame:
     """`clinical_metrics` as a table: one row per class, then the macro and weighted averages; each metric
-    with its interval (`<metric>`, `<metric>_ci_low`, `<metric>_ci_high`)."""
+    with its interval (`<metric>`, `<metric>_ci_low`, `<metric>_ci_high`).
+    """
     total = sum(values["support"] for values in result["per_class"].values())
     rows = [*result["per_class"].items(), ("macro avg", result["macro"]), ("weighted avg", result["weighted"])]
     records = []
@@ -148,7 +151,8 @@ def per_class_frame(result: dict) -> pd.DataFrame:
 def format_interval(entry: dict | None, missing: str = "n/a", interval: str = " ({low}-{high})") -> str:
     """'0.844 (0.733-0.933)' for a `clinical_metrics` entry: the value with 3 decimals, then `interval`
     filled with the bounds (an HTML page passes its own markup); the value alone without an interval
-    (--bootstrap 0); `missing` when the metric is undefined."""
+    (--bootstrap 0); `missing` when the metric is undefined.
+    """
     if not entry or entry.get("value") is None:
         return missing
     if entry.get("ci_low") is None:

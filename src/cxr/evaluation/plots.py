@@ -11,6 +11,8 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from cxr import files
 
+__all__ = ["plot_confusion_matrix", "plot_gradcam_grid", "plot_reliability", "plot_roc_pr", "plot_training_curves"]
+
 
 def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()

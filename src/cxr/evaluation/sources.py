@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+__all__ = ["assign_sources", "composition", "metadata_files", "per_source_frame", "read_sources", "source_audit",
+           "source_name", "SOURCE_NAMES", "UNKNOWN", "warnings"]
+
 # Readable names for the URLs the metadata files use; anything else is shown as its URL.
 SOURCE_NAMES = {
     "sirm.org": "SIRM",
@@ -29,6 +32,7 @@ UNKNOWN = "unknown"
 
 
 def source_name(url: str) -> str:
+    """A readable collection name for a metadata URL (RSNA, BIMCV, ...), or the URL itself."""
     lowered = str(url).lower()
     return next((name for key, name in SOURCE_NAMES.items() if key in lowered), str(url).strip())
 
@@ -54,6 +58,7 @@ def read_sources(root: str | os.PathLike) -> dict[str, str]:
 
 
 def assign_sources(files: pd.Series | list[str], mapping: dict[str, str]) -> np.ndarray:
+    """Each file's source from `read_sources`' mapping; UNKNOWN where the metadata has no row for it."""
     return np.array([mapping.get(_key(f), UNKNOWN) for f in files], dtype=object)
 
 
@@ -66,7 +71,8 @@ def source_audit(
     all_labels: pd.Series, all_sources: np.ndarray,
 ) -> dict:
     """Test metrics per source and per class x source, and warnings drawn from the whole split
-    (`all_labels`, `all_sources`: every image of train, val and test)."""
+    (`all_labels`, `all_sources`: every image of train, val and test).
+    """
     predicted = probabilities.argmax(axis=1)
     per_source = {source: _group_metrics(truth[test_sources == source], predicted[test_sources == source])
                   for source in sorted(set(test_sources))}

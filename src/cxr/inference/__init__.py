@@ -7,3 +7,5 @@
 
 Nothing here imports Keras until the Keras engine is chosen, so ONNX-only machines can predict.
 """
+
+__all__: list[str] = []

@@ -19,6 +19,8 @@ from cxr import files
 from cxr.errors import UserError
 from cxr.run import Run
 
+__all__ = ["ENGINES", "keras_predictor", "load_predictor", "model_classes", "onnx_predictor", "Predictor"]
+
 ENGINES = ("auto", "keras", "onnx")
 
 
@@ -73,6 +75,7 @@ def _onnx_session(path: str | os.PathLike):
 
 
 def onnx_predictor(path: str | os.PathLike, batch_size: int = 32) -> Predictor:
+    """An exported model on ONNX Runtime, with the class names its metadata carries."""
     session = _onnx_session(path)
     metadata = dict(session.get_modelmeta().custom_metadata_map)  # what `cxr export` wrote
     model_input = session.get_inputs()[0]
@@ -96,9 +99,23 @@ def load_predictor(
     echo: Callable[[str], None] = print,
     calibrated: bool = False,
 ) -> Predictor:
-    """Load a run folder, a .keras file or a .onnx file; with `calibrated`, its probabilities are
-    temperature-scaled with the temperature the newest evaluation of this model fitted (its
-    `eval*/calibration.json`, named in `metadata["temperature_file"]`)."""
+    """Load a model to predict with.
+
+    Args:
+        model: a run folder, a .keras file or a .onnx file.
+        engine: auto (ONNX Runtime when a current export is there, else Keras), keras or onnx.
+        batch_size: images per model call.
+        precision: the Keras engine's compute precision (default: the model's own).
+        echo: where notes go (an export older than the model, say).
+        calibrated: temperature-scale the probabilities with the temperature the newest evaluation of
+            this model fitted (its `eval*/calibration.json`, named in `metadata["temperature_file"]`).
+
+    Returns:
+        The Predictor: predict(uint8 (N, size, size, 1)) -> probabilities, with classes and size.
+
+    Raises:
+        UserError: an unknown engine, an unusable model file, or no temperature for `calibrated`.
+    """
     predictor = _load_predictor(model, engine, batch_size, precision, echo)
     if not calibrated:
         return predictor

@@ -25,8 +25,11 @@ from cxr.inference.engines import model_classes
 from cxr.model import LAST_CONV_LAYER, load_model
 from cxr.run import Run
 
+__all__ = ["explain_files", "gradcam", "last_conv_layer", "overlay", "run_tail", "split_model", "write_png"]
+
 
 def last_conv_layer(model: keras.Model) -> str:
+    """The name of the backbone's last convolutional activation, where Grad-CAM looks."""
     for name in LAST_CONV_LAYER.values():
         if any(layer.name == name for layer in model.layers):
             return name
@@ -43,6 +46,7 @@ def split_model(model: keras.Model, layer_name: str | None = None) -> tuple[kera
 
 
 def run_tail(tail: list[keras.layers.Layer], activation):
+    """The layers after the split point, in inference mode: activation to probabilities."""
     for layer in tail:
         activation = layer(activation, training=False)
     return activation
@@ -50,9 +54,16 @@ def run_tail(tail: list[keras.layers.Layer], activation):
 
 def gradcam(model: keras.Model, images: np.ndarray, class_index: int | list[int] | None = None,
             layer_name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Heat maps in [0, 1] at the activation's resolution (N, h, w) and the probabilities (N, classes).
+    """Grad-CAM heat maps of a batch, from the backbone's last convolutional activation.
 
-    `class_index`: one class for all images, one per image, or None for each image's predicted class.
+    Args:
+        model: a cxr classifier (Keras).
+        images: uint8 (N, size, size, 1).
+        class_index: one class for all images, one per image, or None for each image's predicted class.
+        layer_name: the activation to explain (default: the backbone's last, see LAST_CONV_LAYER).
+
+    Returns:
+        Heat maps in [0, 1] at the activation's resolution (N, h, w), and the probabilities (N, classes).
     """
     features, tail = split_model(model, layer_name)
     activation = keras.ops.convert_to_numpy(features(images, training=False))
@@ -78,6 +89,7 @@ def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4) -> np.ndarra
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
+    """Atomically write an image as PNG."""
     def save(tmp: Path) -> None:
         if not cv2.imwrite(str(tmp), image):
             raise OSError(f"could not write {path}")
@@ -87,10 +99,22 @@ def write_png(path: Path, image: np.ndarray) -> Path:
 
 def explain_files(model_path: str | os.PathLike, paths: list[str | os.PathLike], out: str | os.PathLike,
                   class_name: str | None = None, echo=print) -> pd.DataFrame:
-    """Write `<out>/<image stem>-gradcam.png` for every readable image; return a table of what was explained.
+    """Write `<out>/<image stem>-gradcam.png` for every readable image, and `explanations.csv`.
 
-    `out` must not exist yet (earlier explanations are never overwritten). Unreadable files are listed
-    with their reason and do not stop the others.
+    Args:
+        model_path: a run folder or a .keras file.
+        paths: image files and folders (searched recursively, see find_images).
+        out: a folder that must not exist yet (earlier explanations are never overwritten).
+        class_name: explain this class (default: each image's predicted class).
+        echo: where messages go.
+
+    Returns:
+        One row per file: prediction, explained class and probability, overlay file, and the reason
+        for each unreadable file (which does not stop the others).
+
+    Raises:
+        FileExistsError: `out` exists.
+        UserError: an unknown class.
     """
     from cxr.inference.predict import find_images
 

@@ -21,6 +21,8 @@ from cxr import __version__, files
 from cxr.errors import UserError
 from cxr.run import Run
 
+__all__ = ["export_onnx", "ExportError", "INPUT_NAME", "OPSET", "probe_images", "TOLERANCE"]
+
 OPSET = 17
 TOLERANCE = 1e-4
 INPUT_NAME = "image"
@@ -49,7 +51,8 @@ def _check_converter() -> None:
 
 def _inference_graph(model, size: int):
     """The model called with training=False, as a model of its own: Keras' exporter traces a plain call,
-    which would otherwise keep the training-only flip (a random op ONNX Runtime does not have)."""
+    which would otherwise keep the training-only flip (a random op ONNX Runtime does not have).
+    """
     import keras
 
     image = keras.Input((size, size, 1), dtype="uint8", name=INPUT_NAME)

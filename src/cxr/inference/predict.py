@@ -13,6 +13,8 @@ from cxr.data.images import load_image, looks_like_image
 from cxr.errors import ImageError
 from cxr.inference.engines import Predictor, load_predictor
 
+__all__ = ["find_images", "format_table", "FoundImages", "predict_files"]
+
 
 @dataclass(frozen=True)
 class FoundImages:
@@ -63,11 +65,18 @@ def predict_files(
     engine: str = "auto",
     echo=None,
 ) -> pd.DataFrame:
-    """One row per file: predicted class, its probability, every class probability, and an
-    `error` column that says why a file could not be read (its probabilities are empty).
+    """Class probabilities for image files and folders; unreadable files are reported, not fatal.
 
-    `model` is a loaded Predictor, or a run folder, .keras or .onnx file loaded with `engine`.
-    `echo`, if given, is told what the walk of the folders found (how many files, how many not images).
+    Args:
+        model: a loaded Predictor, or a run folder, .keras or .onnx file loaded with `engine`.
+        paths: image files and folders (searched recursively, see find_images).
+        batch_size: images per model call, when `model` is loaded here.
+        engine: auto, keras or onnx, when `model` is loaded here.
+        echo: if given, told what the walk of the folders found (how many files, how many not images).
+
+    Returns:
+        One row per file: predicted class, its probability, every class probability, and an `error`
+        column that says why a file could not be read (its probabilities are empty).
     """
     if not isinstance(model, Predictor):
         model = load_predictor(model, engine, batch_size)

@@ -4,3 +4,5 @@
 - `batcher`: micro-batching of concurrent requests (`MicroBatcher`).
 - `static/index.html`: the page, with no external assets.
 """
+
+__all__: list[str] = []

@@ -29,6 +29,8 @@ from cxr.evaluation.metrics import HEADLINE
 from cxr.run import Run
 from cxr.serve.batcher import MicroBatcher
 
+__all__ = ["ServedModel", "check_upload", "create_app", "default_max_batch", "serve"]
+
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 60_000_000  # about 7,700 x 7,700: any radiograph; a decompression bomb is far larger
 
@@ -55,7 +57,8 @@ class ServedModel:
 
     def load(self) -> None:
         """Load the model and pay every first-call cost (compiling prediction and, where there is a Keras
-        model, Grad-CAM) before /readyz says ready."""
+        model, Grad-CAM) before /readyz says ready.
+        """
         from cxr.evaluation.calibration import find_temperature
         from cxr.inference.engines import load_predictor
 
@@ -138,7 +141,8 @@ class ServedModel:
 
     def trained(self) -> str:
         """When training ended, from the run's own records (not a file time, which a copy changes); for an
-        exported file without its run, what the export recorded; otherwise "unknown"."""
+        exported file without its run, what the export recorded; otherwise "unknown".
+        """
         summary = self.run.training_summary() if self.run else None
         if summary and summary.get("ended"):
             return summary["ended"]
@@ -148,7 +152,8 @@ class ServedModel:
 def default_max_batch(engine: str) -> int:
     """16 for Keras on a GPU, whose throughput grows with batch size; 1 on CPU (and for ONNX
     Runtime, which runs on the CPU), where one image already keeps every core busy and batching only
-    adds waiting (benchmarks/serve_load.py measured 0.75-1.01x the throughput on 2 cores)."""
+    adds waiting (benchmarks/serve_load.py measured 0.75-1.01x the throughput on 2 cores).
+    """
     if engine != "keras":
         return 1
     from cxr.backend import accelerators
@@ -187,34 +192,51 @@ def check_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, str]:
 
 def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_pixels: int = MAX_PIXELS, load_in_background: bool = True, max_batch: int | None = None,
-               window_ms: float = 5.0, echo=None):
-    """The FastAPI application serving `model` (a run folder, .keras or .onnx file).
+               window_ms: float = 5.0, echo=None) -> FastAPI:
+    """The FastAPI application serving a model.
 
-    `max_batch` > 1 turns on micro-batching of concurrent requests (see MicroBatcher); 1 runs each
-    request's image alone, in the server's thread pool; None chooses by device (default_max_batch).
-    `echo` prints what is served once it has loaded (default: standard error, beside uvicorn's log)."""
+    Args:
+        model: a run folder, a .keras or a .onnx file.
+        engine: auto, keras or onnx (see cxr.inference.engines.load_predictor).
+        max_upload_bytes: the largest upload; a larger one is refused before it is read whole.
+        max_pixels: the largest image; a larger one is refused from its header, before decoding.
+        load_in_background: answer /healthz at once and load the model in a thread (False: load first).
+        max_batch: > 1 micro-batches concurrent requests (see MicroBatcher); 1 runs each request's image
+            alone in the server's thread pool; None chooses by device (default_max_batch).
+        window_ms: how long the first request of a micro-batch waits for others.
+        echo: prints what is served once it has loaded (default: standard error, beside uvicorn's log).
+
+    Returns:
+        The application (run it with uvicorn, or `serve`).
+    """
     echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
     served = ServedModel(model, engine, max_batch, window_ms, echo)
     app = FastAPI(title="cxr", description="Chest X-ray classification. Research use only, not a medical device.")
     app.state.served = served
-
-    @app.exception_handler(Exception)
-    def unexpected(request: Request, error: Exception) -> JSONResponse:
-        """Every error a client sees is JSON, an unexpected one too (the traceback goes to the log)."""
-        return JSONResponse({"detail": f"internal server error: {type(error).__name__}: {error}"}, status_code=500)
-
+    app.add_exception_handler(Exception, _unexpected)
     if load_in_background:
         threading.Thread(target=served.load, daemon=True).start()
     else:
         served.load()
+    _add_status_routes(app, served)
+    _add_predict_route(app, served, max_upload_bytes, max_pixels)
+    return app
 
-    def ready() -> ServedModel:
-        if not served.loaded.is_set():
-            raise HTTPException(503, "the model is still loading; try again in a few seconds")
-        if served.error:
-            raise HTTPException(503, f"the model could not be loaded: {served.error}")
-        return served
 
+def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    """Every error a client sees is JSON, an unexpected one too (the traceback goes to the log)."""
+    return JSONResponse({"detail": f"internal server error: {type(error).__name__}: {error}"}, status_code=500)
+
+
+def _ready(served: ServedModel) -> ServedModel:
+    if not served.loaded.is_set():
+        raise HTTPException(503, "the model is still loading; try again in a few seconds")
+    if served.error:
+        raise HTTPException(503, f"the model could not be loaded: {served.error}")
+    return served
+
+
+def _add_status_routes(app: FastAPI, served: ServedModel) -> None:
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse((Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8"))
@@ -232,11 +254,13 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
 
     @app.get("/v1/model")
     def model_info() -> dict:
-        return ready().info()
+        return _ready(served).info()
 
+
+def _add_predict_route(app: FastAPI, served: ServedModel, max_upload_bytes: int, max_pixels: int) -> None:
     @app.post("/v1/predict")
     def predict(file: UploadFile = File(...), explain: bool = Query(False)) -> dict:  # noqa: B008
-        current = ready()
+        current = _ready(served)
         if explain and current.explain_note is not None:
             raise HTTPException(409, f"explanations are not available from this server: {current.explain_note}")
         data = file.file.read(max_upload_bytes + 1)
@@ -249,34 +273,38 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
             gray = decode_gray(data, file.filename or "upload")
         except ImageError as error:
             raise HTTPException(422, error.reason) from None
-        started = time.perf_counter()
-        predictor = current.predictor
-        batch = resize_square(gray, predictor.image_size)[None, ..., None]
-        probabilities = (current.batcher(batch[0]) if current.batcher else np.asarray(predictor.predict(batch))[0])
-        result: dict[str, Any] = {
-            "model_id": current.model_id, "engine": predictor.engine,
-            "predicted": predictor.classes[int(probabilities.argmax())], "probability": float(probabilities.max()),
-            "probabilities": dict(zip(predictor.classes, map(float, probabilities), strict=True)),
-        }
-        if current.temperature is not None:
-            from cxr.evaluation.calibration import apply_temperature
+        return _answer(current, gray, explain)
 
-            scaled = apply_temperature(probabilities[None], current.temperature)[0]
-            result["calibrated_probabilities"] = dict(zip(predictor.classes, map(float, scaled), strict=True))
-            result["temperature"] = current.temperature
-        if explain:
-            from cxr.inference.explain import overlay
 
-            ok, png = cv2.imencode(".png", overlay(gray, current.explain(batch)))
-            result["gradcam_png_base64"] = base64.b64encode(png.tobytes()).decode("ascii")
-        result["latency_ms"] = (time.perf_counter() - started) * 1000
-        return result
+def _answer(served: ServedModel, gray: np.ndarray, explain: bool) -> dict[str, Any]:
+    """The prediction for one decoded image: probabilities, calibrated ones, and the overlay if asked."""
+    started = time.perf_counter()
+    predictor = served.predictor
+    batch = resize_square(gray, predictor.image_size)[None, ..., None]
+    probabilities = (served.batcher(batch[0]) if served.batcher else np.asarray(predictor.predict(batch))[0])
+    result: dict[str, Any] = {
+        "model_id": served.model_id, "engine": predictor.engine,
+        "predicted": predictor.classes[int(probabilities.argmax())], "probability": float(probabilities.max()),
+        "probabilities": dict(zip(predictor.classes, map(float, probabilities), strict=True)),
+    }
+    if served.temperature is not None:
+        from cxr.evaluation.calibration import apply_temperature
 
-    return app
+        scaled = apply_temperature(probabilities[None], served.temperature)[0]
+        result["calibrated_probabilities"] = dict(zip(predictor.classes, map(float, scaled), strict=True))
+        result["temperature"] = served.temperature
+    if explain:
+        from cxr.inference.explain import overlay
+
+        ok, png = cv2.imencode(".png", overlay(gray, served.explain(batch)))
+        result["gradcam_png_base64"] = base64.b64encode(png.tobytes()).decode("ascii")
+    result["latency_ms"] = (time.perf_counter() - started) * 1000
+    return result
 
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
           max_upload_bytes: int = MAX_UPLOAD_BYTES, max_batch: int | None = None, window_ms: float = 5.0) -> None:
+    """Serve `model` with uvicorn until stopped (see create_app); warn when reachable from elsewhere."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -15,7 +15,8 @@ __all__ = ["MicroBatcher"]
 class MicroBatcher:
     """Runs concurrent requests' images through the model together: the first image waits up to
     `window_ms` for up to `max_batch - 1` others, then one batch runs and every caller gets its row.
-    Under load this replaces many small model calls competing for the cores with a few larger ones."""
+    Under load this replaces many small model calls competing for the cores with a few larger ones.
+    """
 
     def __init__(self, predict, max_batch: int = 16, window_ms: float = 5.0):
         self.predict, self.max_batch, self.window = predict, max_batch, window_ms / 1000

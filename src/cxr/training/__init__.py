@@ -8,3 +8,5 @@
 - `stopping`: Ctrl-C, SIGTERM and non-finite losses, stopped at a batch boundary.
 - `distribute`: data parallel over every device and process of a job.
 """
+
+__all__: list[str] = []

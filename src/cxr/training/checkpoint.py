@@ -112,7 +112,8 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def record_answer(self, epoch: int, note: str, prompt_state: dict[str, Any]) -> None:
         """The prompt's `on_answer`: the answer goes into the epoch's history row, the prompt's new
-        state into the saved state, and both to disk."""
+        state into the saved state, and both to disk.
+        """
         self.history.record_answer(epoch, note)
         self.state["ask"] = prompt_state
         self.commit()

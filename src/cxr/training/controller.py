@@ -99,7 +99,8 @@ class AdaptiveLR(keras.callbacks.Callback):
 
     def _judge(self, accuracy: float, val_loss: float) -> tuple[float, bool]:
         """Pick the monitored metric, and return its improvement in percent and whether it improved
-        (updating the best values seen)."""
+        (updating the best values seen).
+        """
         if accuracy < self.threshold:
             self.monitor = "accuracy"
             highest = self.highest_accuracy
@@ -120,7 +121,8 @@ class AdaptiveLR(keras.callbacks.Callback):
 
     def _reduce(self, learning_rate: float, val_loss: float, actions: list[str]) -> tuple[float, bool]:
         """Multiply the rate by `factor` and, with dwell, go back to the best weights; say so in `actions`.
-        Returns the new rate and whether weights were restored."""
+        Returns the new rate and whether weights were restored.
+        """
         new_learning_rate = _short(learning_rate * self.factor)
         self.model.optimizer.learning_rate = new_learning_rate
         self.wait = 0

@@ -21,6 +21,9 @@ import numpy as np
 from cxr.config import DISTRIBUTE
 from cxr.errors import ConfigError
 
+__all__ = ["agree", "global_batch", "join_processes", "leave_processes", "Plan", "plan", "PROCESS_ENV",
+           "scaled_learning_rate", "single_device", "synchronize_batch_norm"]
+
 # The variables keras.distribution.initialize reads when a flag is not given.
 PROCESS_ENV = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
                "KERAS_DISTRIBUTION_PROCESS_ID")
@@ -47,7 +50,8 @@ class Plan:
     @property
     def batch_multiple(self) -> int:
         """Each of this process's batches must hold a multiple of this many images: JAX splits a batch
-        evenly over the local devices; MirroredStrategy splits uneven batches itself."""
+        evenly over the local devices; MirroredStrategy splits uneven batches itself.
+        """
         return 1 if self.strategy is not None else self.replicas // self.process_count
 
     def scope(self) -> contextlib.AbstractContextManager:
@@ -63,7 +67,8 @@ class Plan:
 
     def shard(self, count: int) -> np.ndarray:
         """The indices of `count` items this process reads: every process_count-th from process_id,
-        the same number for every process (a process with more batches would wait for ever)."""
+        the same number for every process (a process with more batches would wait for ever).
+        """
         per_process = count // self.process_count
         return np.arange(self.process_id, per_process * self.process_count, self.process_count)
 
@@ -75,7 +80,8 @@ def join_processes(coordinator: str | None = None, num_processes: int | None = N
     joined one.
 
     What must precede the backend's start comes first: the XLA flag for deterministic kernels, and the
-    seed (without one, Keras compiles a seed agreement before the compilation cache is on)."""
+    seed (without one, Keras compiles a seed agreement before the compilation cache is on).
+    """
     if coordinator is None and num_processes is None and process_id is None and not any(
             os.environ.get(name) for name in PROCESS_ENV):
         return False
@@ -93,7 +99,8 @@ def join_processes(coordinator: str | None = None, num_processes: int | None = N
 
 def plan(mode: str = "auto") -> Plan:
     """Use every device of the default kind (GPUs, else TPUs, else CPUs, of which there is one
-    unless XLA or TensorFlow were told to split the CPU); `none` keeps training on one device."""
+    unless XLA or TensorFlow were told to split the CPU); `none` keeps training on one device.
+    """
     if mode not in DISTRIBUTE:
         raise ConfigError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {mode!r}")
     backend = keras.backend.backend()
@@ -122,7 +129,8 @@ def plan(mode: str = "auto") -> Plan:
 
 def global_batch(batch_size: int, per_device_batch: int | None, replicas: int) -> int:
     """The images per training step over all devices: per-device batch × devices when given, else
-    `batch_size`, which must then split evenly over the devices."""
+    `batch_size`, which must then split evenly over the devices.
+    """
     if per_device_batch is not None:
         return per_device_batch * replicas
     if batch_size % replicas:
@@ -133,7 +141,8 @@ def global_batch(batch_size: int, per_device_batch: int | None, replicas: int) -
 
 def scaled_learning_rate(learning_rate: float, batch_size: int, batch: int) -> float:
     """The linear scaling rule (Goyal et al., 2017): the rate tuned for `batch_size`, times how many
-    times larger the global batch is."""
+    times larger the global batch is.
+    """
     return learning_rate * batch / batch_size
 
 
@@ -141,7 +150,8 @@ def synchronize_batch_norm(model: keras.Model, plan_: Plan) -> None:
     """Under MirroredStrategy, batch-norm layers compute their statistics over the global batch (as a
     single device and JAX's DataParallel do) instead of over each replica's slice. The saved model
     keeps `synchronized: false`, since it is a way of training, not of the model, and Keras refuses
-    the setting on other backends."""
+    the setting on other backends.
+    """
     if plan_.strategy is None:
         return
     for layer in model.layers:
@@ -159,7 +169,8 @@ def _unsynchronized_config(layer: keras.layers.BatchNormalization):
 
 def agree(plan_: Plan, value: bytes, what: str) -> None:
     """Stop every process of a job with one message when they hold different `value`s: a split made
-    from different data would otherwise leave them waiting for each other at the first uneven step."""
+    from different data would otherwise leave them waiting for each other at the first uneven step.
+    """
     if plan_.process_count < 2:
         return
     from jax.experimental import multihost_utils
@@ -175,7 +186,8 @@ def agree(plan_: Plan, value: bytes, what: str) -> None:
 
 def leave_processes(plan_: Plan) -> None:
     """End a multi-process job once training is over: every process arrives here together, while
-    process 0's evaluation afterwards may take longer than JAX's shutdown barrier would wait."""
+    process 0's evaluation afterwards may take longer than JAX's shutdown barrier would wait.
+    """
     if plan_.process_count > 1:
         import jax
 

@@ -118,7 +118,9 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
         run_dir: the run folder.
         epochs: train to this epoch in all (also a complete run, with a fresh allowance of rate reductions).
         learning_rate: replace the current rate (after a NaN loss, say).
-        progress, echo, read: as for `train`.
+        progress: show progress bars on a terminal.
+        echo: where messages go.
+        read: answers the ask-to-continue prompt (default: the terminal, when stdin is one).
 
     Returns:
         The run folder (None in a process other than 0 of a job).
@@ -159,7 +161,8 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
 @contextlib.contextmanager
 def workspace(placement: distribute.Plan, make_run: Callable[[], Run], locked: bool = True) -> Iterator[Run]:
     """Where this process writes: process 0 the real run (locked while it writes); the others a scratch
-    run they delete, since saving a model is a collective step in a JAX job that every process takes."""
+    run they delete, since saving a model is a collective step in a JAX job that every process takes.
+    """
     if not placement.chief:
         with tempfile.TemporaryDirectory(prefix="cxr-worker-") as scratch:
             yield Run(scratch)
@@ -209,7 +212,8 @@ def _resumable_state(run: Run) -> dict[str, Any] | None:
 def _continuation(run: Run, config: Config, state: dict[str, Any] | None, epochs: int | None,
                   chief: bool) -> tuple[Config, dict[str, Any] | None, bool]:
     """What a resume does: train to more `epochs`, finish where training ended but its evaluation did
-    not (finalize), or refuse a run that is complete. Returns (config, state, finalize)."""
+    not (finalize), or refuse a run that is complete. Returns (config, state, finalize).
+    """
     done = state["epoch"] if state else 0
     complete = state is not None and (state.get("status") in COMPLETE or done >= config.epochs)
     if epochs is not None:
@@ -245,7 +249,8 @@ def _train_and_evaluate(run: Run, config: Config, split: Split, console: Console
                         state: dict[str, Any] | None = None, learning_rate: float | None = None,
                         finalize: bool = False, source: Run | None = None) -> Path | None:
     """Prepare the data, build or restore the model, fit, finish and evaluate. `source` is the run a resume
-    continues (its checkpoints and its runs folder); `run` is where this process writes."""
+    continues (its checkpoints and its runs folder); `run` is where this process writes.
+    """
     # The decode cache sits beside the run; a process other than 0 starting a new run has only a scratch run.
     runs_dir = (source or run).path.parent if placement.chief or source else Path(config.runs_dir)
     source = source or run
@@ -276,7 +281,8 @@ def _train_and_evaluate(run: Run, config: Config, split: Split, console: Console
 def _prepare_data(source: Run, config: Config, split: Split, console: Console, *, placement: distribute.Plan,
                   runs_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Path | None]:
     """Each split decoded once (from the decode cache when there is one), and its labels. In a job of
-    several processes each decodes only its shard of train and val; process 0 evaluates on its own later."""
+    several processes each decodes only its shard of train and val; process 0 evaluates on its own later.
+    """
     frames = ({name: split.frames[name].iloc[placement.shard(len(split.frames[name]))] for name in ("train", "val")}
               if placement.process_count > 1 else split.frames)
     cache_dir = resolve_cache_dir(config.cache_dir, runs_dir)
@@ -343,7 +349,8 @@ def _assemble_callbacks(run: Run, config: Config, state: dict[str, Any] | None, 
                         train_batches: ImageBatches, *, placement: distribute.Plan, batch: int,
                         finalize: bool) -> Loop:
     """The callbacks in the order they must run; each gets what it needs through its constructor and
-    tells later ones what it decided through the epoch's logs."""
+    tells later ones what it decided through the epoch's logs.
+    """
     controller = AdaptiveLR(config.threshold, config.patience, config.factor, config.stop_patience, config.dwell)
     if state:
         controller.set_state(state["adaptive"], best_weights)

@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import dicom_bytes, ramp12
 from PIL import Image
 
 from cxr.serve.app import create_app
-from tests.test_dicom import dicom_bytes, ramp12
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 

@@ -1,52 +1,16 @@
 """DICOM input: made by the tests with pydicom, read through the same loader as PNG and JPEG."""
 
-import io
 
 import cv2
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from helpers import dicom_bytes, ramp12
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import JPEGBaseline8Bit
 
 from cxr.data.images import decode_gray, load_image
 from cxr.errors import ImageError
 from cxr.inference.predict import predict_files
-
-
-def ramp12(height=40, width=50) -> np.ndarray:
-    """12-bit data: a horizontal ramp with a bright square."""
-    image = np.tile(np.linspace(200, 3000, width), (height, 1))
-    image[10:20, 10:20] = 4000
-    return image.astype(np.uint16)
-
-
-def dicom_bytes(pixels: np.ndarray | None, photometric="MONOCHROME2", syntax=ExplicitVRLittleEndian,
-                encoded: bytes | None = None, frames: int | None = None, window=None, **extra) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    if pixels is not None:
-        ds.Rows, ds.Columns = pixels.shape[-2:]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-        bits = 8 if pixels.dtype == np.uint8 else 16
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, (8 if bits == 8 else 12), (7 if bits == 8 else 11)
-        ds.PixelRepresentation = 0
-        if frames:
-            ds.NumberOfFrames = frames
-        ds.PixelData = encoded if encoded is not None else pixels.tobytes()
-        if window:
-            ds.WindowCenter, ds.WindowWidth = window
-    for key, value in extra.items():
-        setattr(ds, key, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def test_a_12_bit_monochrome2_file_is_scaled_to_the_full_8_bit_range():

@@ -150,7 +150,9 @@ def test_cxr_uses_only_keras_public_api():
     from pathlib import Path
 
     private = []
-    for path in sorted((Path(export.__file__).parent).rglob("*.py")):
+    import cxr
+
+    for path in sorted(Path(cxr.__file__).parent.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])

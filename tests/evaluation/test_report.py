@@ -1,32 +1,9 @@
 """The HTML report: self-contained, and rendered by a real headless Chromium with every image loaded."""
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 
-import pytest
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def chromium() -> str:
-    """Debian's chromium (`.ci/run` installs it); elsewhere the browser test is skipped, never on CI."""
-    found = os.environ.get("CXR_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return found
-
-
-def run_chromium(*args: str) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=120)
+from helpers import run_chromium
 
 
 def test_the_report_is_self_contained_and_says_what_it_is(tiny_run):

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
+from helpers import pacs_export
 
 from cxr.cli import main
 from cxr.inference.engines import model_classes
@@ -17,22 +17,6 @@ def test_find_images_expands_folders_recursively_and_keeps_given_files(tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in found.files] == [
         "d/a.png", "d/sub/b.JPG", "c.jpeg", "missing.png"]
     assert found.looked_at == 3 and [p.name for p in found.not_images] == ["notes.txt"]
-
-
-def pacs_export(folder):
-    """A folder as a PACS export leaves it: DICOM files named IM0001... without an extension, a PNG without
-    one either, beside a note, a spreadsheet and hidden files, which are not images."""
-    from tests.test_dicom import dicom_bytes, ramp12
-
-    (folder / "series" / ".thumbs").mkdir(parents=True)
-    (folder / "series" / "IM0001").write_bytes(dicom_bytes(ramp12(64, 64)))
-    (folder / "series" / "IM0002").write_bytes(dicom_bytes((4095 - ramp12(64, 64)).astype(np.uint16), "MONOCHROME1"))
-    (folder / "series" / "snapshot").write_bytes(cv2.imencode(".png", np.full((40, 40), 90, np.uint8))[1].tobytes())
-    (folder / "series" / "README").write_text("exported from the PACS on Monday")
-    (folder / "series" / "index.xlsx").write_bytes(b"PK\x03\x04 not an image")
-    (folder / "series" / ".DS_Store").write_bytes(b"\0" * 200)
-    (folder / "series" / ".thumbs" / "IM0001").write_bytes(dicom_bytes(ramp12(8, 8)))
-    return folder / "series"
 
 
 def test_files_without_an_extension_are_recognised_by_their_content(tmp_path):

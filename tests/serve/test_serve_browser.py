@@ -1,34 +1,10 @@
 """The web page in a real headless Chromium: upload a sample radiograph, see probabilities and the overlay."""
 
-import contextlib
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
+from helpers import CHROMIUM_FLAGS, chromium, running
 
 from cxr.serve.app import create_app
-from tests.test_report import CHROMIUM_FLAGS, chromium
-
-
-@contextlib.contextmanager
-def running(app):
-    """A real uvicorn server for `app` on a free loopback port; yields its address."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not instance.started and time.time() < deadline:
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from helpers import dicom_bytes, ramp12
 
 from cxr.data.scan import scan_dataset
 from cxr.errors import DatasetError
@@ -111,8 +112,6 @@ def test_classes_option_selects_and_orders(sample):
 
 
 def test_a_relative_dataset_path_is_recorded_absolute_and_extensionless_dicom_makes_a_class(tmp_path, monkeypatch):
-    from tests.test_dicom import dicom_bytes, ramp12
-
     for label in ("a", "b"):
         (tmp_path / "data" / label).mkdir(parents=True)
         for i in range(2):  # a PACS export: DICOM files without an extension
