@@ -18,7 +18,13 @@ import cv2
 import numpy as np
 import pytest
 
+from cxr.environment import active_backend
 from cxr.run import Run
+
+# What a test assumes of the machine, said where it assumes it: these tests run the TensorFlow backend in
+# the pytest process itself (ONNX export converts a TensorFlow graph); KERAS_BACKEND=jax pytest skips them.
+needs_tensorflow = pytest.mark.skipif(active_backend() != "tensorflow",
+                                      reason="needs the TensorFlow backend in this process (KERAS_BACKEND=tensorflow)")
 
 
 def only_run(runs: Path) -> Path:

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from helpers import needs_tensorflow
+
 from cxr.backend import enable_compilation_cache
 
 JAX_RUN = """
@@ -19,6 +21,7 @@ model.fit(np.ones((4, 8)), np.ones((4, 4)), verbose=0)
 """
 
 
+@needs_tensorflow
 def test_tensorflow_has_no_compilation_cache(tmp_path):
     assert enable_compilation_cache(tmp_path / "xla") is False
     assert not (tmp_path / "xla").exists()

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from helpers import needs_tensorflow
 
 from cxr import precision
 from cxr.config import resolve
@@ -61,6 +62,7 @@ def test_an_unknown_precision_is_refused():
 
 
 @pytest.mark.slow
+@needs_tensorflow  # it exports to ONNX
 def test_a_bf16_run_trains_saves_its_precision_predicts_and_exports(phantoms, tmp_path):
     config = resolve(data=str(phantoms), runs_dir=str(tmp_path), name="bf16", backbone="tiny", weights="none",
                      image_size=32, epochs=2, batch_size=8, seed=1, precision="bf16", ask_epoch=0,

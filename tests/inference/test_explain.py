@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import needs_tensorflow
 
 from cxr.cli import main
 from cxr.inference.explain import gradcam, overlay, split_model
@@ -85,6 +86,7 @@ np.save(sys.argv[3], heat)
 """
 
 
+@needs_tensorflow  # the map it is compared with comes from this process
 def test_jax_gradients_give_the_same_map_as_tensorflow(lesion_model, tmp_path):
     images = lesion_batch()
     np.save(tmp_path / "images.npy", images)

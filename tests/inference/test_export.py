@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime
 import pandas as pd
 import pytest
+from helpers import needs_tensorflow
 
 from cxr import files
 from cxr.cli import main
@@ -16,6 +17,8 @@ from cxr.errors import UserError
 from cxr.inference import export
 from cxr.inference.engines import load_predictor
 from cxr.inference.predict import predict_files
+
+pytestmark = needs_tensorflow  # the export converts a TensorFlow graph in this process
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 

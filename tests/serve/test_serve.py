@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import dicom_bytes, ramp12
+from helpers import dicom_bytes, needs_tensorflow, ramp12
 from PIL import Image
 
+from cxr.backend import accelerators
 from cxr.serve.app import create_app
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
@@ -38,7 +39,8 @@ def test_health_readiness_and_model_description(client):
     info = client.get("/v1/model").json()
     assert info["classes"] == CLASSES and info["input_size"] == 32 and info["engine"] == "keras"
     assert info["test_metrics"]["overall_accuracy"]["ci_low"] is not None and len(info["model_id"]) == 12
-    assert info["max_batch"] == 1  # no GPU here: batching would only add waiting on CPU cores
+    # Micro-batching is on by default only for Keras on a GPU; on CPU it would only add waiting.
+    assert info["max_batch"] == (16 if accelerators() else 1)
 
 
 def test_a_real_radiograph_is_classified_with_calibrated_probabilities(client, sample):
@@ -210,6 +212,7 @@ def onnx_only(tiny_run, tmp_path_factory):
     return TestClient(create_app(out, load_in_background=False), raise_server_exceptions=False)
 
 
+@needs_tensorflow  # onnx_only exports to ONNX in this process
 def test_a_bare_onnx_model_says_it_cannot_explain_and_refuses_explain_with_409(onnx_only, tiny_run, sample):
     import json
 
@@ -225,6 +228,7 @@ def test_a_bare_onnx_model_says_it_cannot_explain_and_refuses_explain_with_409(o
     assert answered.status_code == 200 and answered.json()["predicted"] in CLASSES
 
 
+@needs_tensorflow  # onnx_only exports to ONNX in this process
 def test_an_unexpected_error_is_json_and_the_server_stays_up(onnx_only, monkeypatch, sample):
     served = onnx_only.app.state.served
 

@@ -2,7 +2,7 @@
 
 
 import pytest
-from helpers import CHROMIUM_FLAGS, chromium, running
+from helpers import CHROMIUM_FLAGS, chromium, needs_tensorflow, running
 
 from cxr.serve.app import create_app
 
@@ -39,6 +39,7 @@ def test_upload_shows_probabilities_the_overlay_and_the_notice(server, sample, t
     assert (tmp_path / "page.png").stat().st_size > 20_000
 
 
+@needs_tensorflow  # exports to ONNX in this process
 def test_a_server_without_grad_cam_hides_the_overlay_choice_and_still_answers(tiny_run, sample, tmp_path):
     from playwright.sync_api import sync_playwright
 
