@@ -14,6 +14,7 @@ from cxr.evaluation import calibration
 from cxr.evaluation.metrics import PER_CLASS, point_metrics
 from cxr.inference.engines import load_predictor
 from cxr.inference.predict import predict_files
+from cxr.inference.temperature import apply_temperature, find_temperature
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 
@@ -29,8 +30,8 @@ def test_expected_calibration_error_by_hand():
 
 def test_temperature_one_is_identity_and_a_large_one_flattens():
     probabilities = np.array([[0.7, 0.2, 0.1], [0.05, 0.9, 0.05]])
-    np.testing.assert_allclose(calibration.apply_temperature(probabilities, 1.0), probabilities, atol=1e-12)
-    np.testing.assert_allclose(calibration.apply_temperature(probabilities, 1e6), 1 / 3, atol=1e-5)
+    np.testing.assert_allclose(apply_temperature(probabilities, 1.0), probabilities, atol=1e-12)
+    np.testing.assert_allclose(apply_temperature(probabilities, 1e6), 1 / 3, atol=1e-5)
 
 
 def test_fitting_recovers_the_temperature_of_overconfident_outputs():
@@ -41,7 +42,7 @@ def test_fitting_recovers_the_temperature_of_overconfident_outputs():
     overconfident = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     temperature = calibration.fit_temperature(truth, overconfident)
     assert temperature == pytest.approx(2.5, rel=0.05)
-    scaled = calibration.apply_temperature(overconfident, temperature)
+    scaled = apply_temperature(overconfident, temperature)
     assert calibration.expected_calibration_error(truth, scaled) < calibration.expected_calibration_error(
         truth, overconfident) / 3
 
@@ -91,7 +92,7 @@ def test_calibrated_prediction_uses_the_temperature_and_refuses_a_stale_one(tiny
     scaled = predict_files(load_predictor(tiny_run, engine="keras", calibrated=True), [image])
     columns = [f"p_{c}" for c in CLASSES]
     np.testing.assert_allclose(scaled[columns].to_numpy(),
-                               calibration.apply_temperature(raw[columns].to_numpy(), temperature), atol=1e-6)
+                               apply_temperature(raw[columns].to_numpy(), temperature), atol=1e-6)
 
     copy = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
     (copy / "model.keras").write_bytes((copy / "model.keras").read_bytes() + b"\0")
@@ -138,10 +139,10 @@ def test_each_evaluation_keeps_its_own_temperature_and_the_newest_is_used(tiny_r
     assert f"temperature 2.500 from {copy / 'eval-2' / 'calibration.json'}" in capsys.readouterr().err
     columns = [f"p_{c}" for c in CLASSES]
     np.testing.assert_allclose(pd.read_csv(tmp_path / "p.csv")[columns].to_numpy(),
-                               calibration.apply_temperature(raw[columns].to_numpy(), 2.5), atol=1e-6)
+                               apply_temperature(raw[columns].to_numpy(), 2.5), atol=1e-6)
 
     # A run evaluated before each evaluation kept its own temperature has one calibration.json beside the model.
     for folder in ("eval", "eval-2"):
         (copy / folder / "calibration.json").rename(copy / folder / "old.json")
     files.write_json(copy / "calibration.json", json.loads((copy / "eval" / "old.json").read_text()))
-    assert calibration.find_temperature(copy / "model.keras") == (3.0, copy / "calibration.json")
+    assert find_temperature(copy / "model.keras") == (3.0, copy / "calibration.json")

@@ -1,11 +1,8 @@
-"""Calibration: expected calibration error, reliability bins, and temperature scaling.
+"""Calibration: expected calibration error, reliability bins, and fitting a temperature.
 
-The model outputs softmax probabilities, and softmax(log p / T) equals the softmax of the logits
-divided by T, so the temperature is fitted and applied on probabilities without changing the model.
-It is fitted on the validation split (minimum negative log-likelihood) by every evaluation and kept in
-that evaluation's folder (`eval*/calibration.json`), with the SHA-256 of the model file it was fitted
-for. `cxr predict --calibrated` and `cxr serve` use the newest evaluation's temperature for the very
-model file they load, and name the file they took it from.
+The temperature is fitted on the validation split (minimum negative log-likelihood) by every evaluation
+and kept in that evaluation's folder (`eval*/calibration.json`), with the SHA-256 of the model file it
+was fitted for; cxr.inference.temperature applies it (`cxr predict --calibrated`, `cxr serve`).
 """
 
 from __future__ import annotations
@@ -18,22 +15,12 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 
 from cxr import files
-from cxr.errors import UserError
-from cxr.run import Run
+from cxr.inference.temperature import apply_temperature
 
-__all__ = ["apply_temperature", "calibration_record", "expected_calibration_error", "find_temperature",
-           "fit_temperature", "negative_log_likelihood", "reliability_bins", "reliability_tables",
-           "require_temperature", "save_temperature"]
+__all__ = ["calibration_record", "expected_calibration_error", "fit_temperature", "negative_log_likelihood",
+           "reliability_bins", "reliability_tables", "save_temperature"]
 
 _TINY = 1e-12
-
-
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log p / T) for each row: the one way cxr applies a temperature."""
-    logits = np.log(np.clip(probabilities, _TINY, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    scaled = np.exp(logits)
-    return scaled / scaled.sum(axis=1, keepdims=True)
 
 
 def negative_log_likelihood(truth: np.ndarray, probabilities: np.ndarray) -> float:
@@ -99,24 +86,3 @@ def reliability_tables(truth: np.ndarray, probabilities: np.ndarray,
 def save_temperature(path: str | os.PathLike, record: dict) -> Path:
     """Keep an evaluation's temperature in its own folder; an earlier evaluation's is never overwritten."""
     return files.write_json(path, record)
-
-
-def find_temperature(model_path: str | os.PathLike) -> tuple[float, Path] | None:
-    """The temperature the newest evaluation fitted for the model file at `model_path`, and its file;
-    None for a bare file or when no evaluation fitted one for this very model (see Run.temperature).
-    """
-    run = Run.containing(model_path)
-    return run.temperature(model_path) if run else None
-
-
-def require_temperature(model_path: str | os.PathLike) -> tuple[float, Path]:
-    """find_temperature, or a UserError that says why there is none and what to do."""
-    found = find_temperature(model_path)
-    if found is not None:
-        return found
-    model_path = Path(model_path)
-    run = Run.containing(model_path)
-    why = ("every calibration.json there was fitted for another version of the model"
-           if run and run.calibration_files() else "no evaluation of it has fitted one")
-    raise UserError(f"no temperature for {model_path.with_suffix('.keras')}: {why}; run cxr evaluate "
-                    f"{model_path.parent}")

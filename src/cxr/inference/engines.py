@@ -119,7 +119,7 @@ def load_predictor(
     predictor = _load_predictor(model, engine, batch_size, precision, echo)
     if not calibrated:
         return predictor
-    from cxr.evaluation.calibration import apply_temperature, require_temperature
+    from cxr.inference.temperature import apply_temperature, require_temperature
 
     temperature, source = require_temperature(predictor.path)
     return dataclasses.replace(predictor, predict=lambda images: apply_temperature(predictor.predict(images),

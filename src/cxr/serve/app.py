@@ -59,8 +59,8 @@ class ServedModel:
         """Load the model and pay every first-call cost (compiling prediction and, where there is a Keras
         model, Grad-CAM) before /readyz says ready.
         """
-        from cxr.evaluation.calibration import find_temperature
         from cxr.inference.engines import load_predictor
+        from cxr.inference.temperature import find_temperature
 
         try:
             self.predictor = load_predictor(self.model_path, self.engine, echo=lambda _: None)
@@ -288,7 +288,7 @@ def _answer(served: ServedModel, gray: np.ndarray, explain: bool) -> dict[str, A
         "probabilities": dict(zip(predictor.classes, map(float, probabilities), strict=True)),
     }
     if served.temperature is not None:
-        from cxr.evaluation.calibration import apply_temperature
+        from cxr.inference.temperature import apply_temperature
 
         scaled = apply_temperature(probabilities[None], served.temperature)[0]
         result["calibrated_probabilities"] = dict(zip(predictor.classes, map(float, scaled), strict=True))
