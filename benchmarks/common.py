@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from cxr import files
-from cxr.environment import cpu, software
+from cxr.environment import record
 
 
 def machine_info(**versions: str) -> dict[str, Any]:
     """The machine a figure comes from: cores, platform, Python, the CPU model and the instruction-set
     flags that decide which kernels run (AVX-512, AVX512-BF16, AMX), and the given versions."""
     return {"cores": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0],
-            "cpu": cpu(), "software": software(), **versions}
+            **record(), **versions}
 
 
 def save_result(out_dir: str | os.PathLike, name: str, result: dict[str, Any]) -> Path:

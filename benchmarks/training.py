@@ -10,6 +10,11 @@ building. cxr's cache is built before its run starts, as it is for every epoch b
 (benchmarks/input_pipeline.py times the decoding itself).
 
     .venv/bin/python benchmarks/training.py [--sizes 128,224] [--steps 3] [--repeats 5] [--pipelines ...]
+        [--allocators system,tcmalloc,jemalloc]
+
+Each cxr row runs once per memory allocator given (preloaded into its process as `cxr` does, see
+cxr.allocator; one that is not installed is left out with a note); the reference always runs with the
+system's, as its users run it. Every row records the allocator its process actually had.
 
 The -all pipelines train data parallel on every local device (batch 16 per device) and report their
 scaling efficiency against the same precision on one device.
@@ -42,6 +47,12 @@ PIPELINES = ("reference", "cxr-fp32", "cxr-bf16", "cxr-fp32-all", "cxr-bf16-all"
 def image_files(data: Path) -> tuple[list[str], list[int]]:
     files = sorted(p.relative_to(data).as_posix() for p in data.glob("*/images/*.png"))
     return files, [CLASSES.index(f.split("/")[0]) for f in files]
+
+
+def active_allocator() -> str:
+    from cxr.allocator import active
+
+    return active()
 
 
 def worker(pipeline: str, size: int, data: Path, cache: Path, steps: int, repeats: int) -> dict:
@@ -92,7 +103,7 @@ def worker(pipeline: str, size: int, data: Path, cache: Path, steps: int, repeat
     return {"pipeline": pipeline, "image_size": size, "images_per_s": rates, "median_images_per_s":
             statistics.median(rates), "build_s": built - started, "first_step_s": marks["first_step"][0] - fit_start,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "backend": keras.backend.backend(), "devices": devices, "batch": batch}
+            "backend": keras.backend.backend(), "devices": devices, "batch": batch, "allocator": active_allocator()}
 
 
 def main() -> None:
@@ -103,6 +114,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--pipelines", default=",".join(PIPELINES),
                         help="which of " + ", ".join(PIPELINES) + " to run (the reference needs TensorFlow)")
+    parser.add_argument("--allocators", default="system",
+                        help="memory allocators for the cxr rows: system, tcmalloc, jemalloc (comma-separated)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     parser.add_argument("--worker", choices=PIPELINES, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -139,32 +152,61 @@ def run(args: argparse.Namespace, work: Path) -> None:
     rows = []
     for size in sizes:
         for pipeline in pipelines:
-            command = [sys.executable, __file__, "--worker", pipeline, "--size", str(size), "--data", str(data),
-                       "--cache", str(work / "cache"), "--steps", str(args.steps), "--repeats", str(args.repeats)]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-            if done.returncode != 0 or not lines:
-                raise SystemExit(f"{pipeline} at {size} px failed:\n{done.stderr[-3000:]}")
-            row = json.loads(lines[-1][len("RESULT "):])
-            reference = [r for r in rows + [row] if r["pipeline"] == "reference" and r["image_size"] == size]
-            ratio = row["median_images_per_s"] / reference[0]["median_images_per_s"] if reference else None
-            row["ratio_to_reference"] = ratio
-            # Scaling efficiency: images/s on every device over (devices x images/s on one), same precision.
-            one = [r for r in rows if r["pipeline"] == pipeline.removesuffix("-all") and r["image_size"] == size]
-            efficiency = (row["median_images_per_s"] / (row["devices"] * one[0]["median_images_per_s"])
-                          if pipeline.endswith("-all") and one else None)
-            row["scaling_efficiency"] = efficiency
-            rows.append(row)
-            print(f"{size:>4} px  {pipeline:<12} {row['backend']:<10} {row['devices']} dev  batch {row['batch']:<4} "
-                  f"{row['median_images_per_s']:8.1f} img/s  "
-                  + (f"{ratio:5.2f}x  " if ratio else "")
-                  + (f"scaling {efficiency:4.2f}  " if efficiency else "")
-                  + f"first step {row['first_step_s']:6.1f} s  peak {row['peak_rss_mib']:7.0f} MiB", flush=True)
+            for allocator in (["system"] if pipeline == "reference" else _allocators(args.allocators)):
+                row = _run_row(args, pipeline, size, allocator, data, work)
+                _compare(row, rows, pipeline, size)
+                rows.append(row)
     versions = {name: importlib.metadata.version(name) for name in ("keras", "tensorflow-cpu", "tensorflow", "jax")
                 if _installed(name)}
     result = {"benchmark": "training", "batch_size": BATCH, "steps": args.steps, "repeats": args.repeats,
               "images": len(files), "machine": machine_info(**versions), "rows": rows}
     save_result(args.out, "training", result)
+
+
+def _allocators(text: str) -> list[str]:
+    from cxr.allocator import find
+
+    chosen = []
+    for name in text.split(","):
+        if name == "system" or find(name) is not None:
+            chosen.append(name)
+        else:
+            print(f"note: {name} is not installed here; its rows are left out")
+    return chosen
+
+
+def _run_row(args: argparse.Namespace, pipeline: str, size: int, allocator: str, data: Path, work: Path) -> dict:
+    """One configuration in a fresh process, with `allocator` preloaded (system: none)."""
+    from cxr.allocator import find
+
+    env = dict(os.environ)
+    if allocator != "system":
+        env["LD_PRELOAD"] = " ".join(filter(None, [str(find(allocator)), env.get("LD_PRELOAD", "")]))
+    command = [sys.executable, __file__, "--worker", pipeline, "--size", str(size), "--data", str(data),
+               "--cache", str(work / "cache"), "--steps", str(args.steps), "--repeats", str(args.repeats)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        raise SystemExit(f"{pipeline} at {size} px with {allocator} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def _compare(row: dict, rows: list[dict], pipeline: str, size: int) -> None:
+    """Add the ratio to the reference and the scaling efficiency to `row`, and print it."""
+    reference = [r for r in rows + [row] if r["pipeline"] == "reference" and r["image_size"] == size]
+    ratio = row["median_images_per_s"] / reference[0]["median_images_per_s"] if reference else None
+    row["ratio_to_reference"] = ratio
+    # Scaling efficiency: images/s on every device over (devices x images/s on one), same precision and allocator.
+    one = [r for r in rows if r["pipeline"] == pipeline.removesuffix("-all") and r["image_size"] == size
+           and r["allocator"] == row["allocator"]]
+    efficiency = (row["median_images_per_s"] / (row["devices"] * one[0]["median_images_per_s"])
+                  if pipeline.endswith("-all") and one else None)
+    row["scaling_efficiency"] = efficiency
+    print(f"{size:>4} px  {pipeline:<12} {row['allocator']:<8} {row['backend']:<10} {row['devices']} dev  "
+          f"batch {row['batch']:<4} {row['median_images_per_s']:8.1f} img/s  "
+          + (f"{ratio:5.2f}x  " if ratio else "")
+          + (f"scaling {efficiency:4.2f}  " if efficiency else "")
+          + f"first step {row['first_step_s']:6.1f} s  peak {row['peak_rss_mib']:7.0f} MiB", flush=True)
 
 
 def _installed(name: str) -> bool:

@@ -13,14 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from helpers import only_run
+
+from cxr import allocator
 
 pytestmark = pytest.mark.slow
 
 
-def cxr(*args: str, backend: str = "tensorflow", cwd: Path | None = None, timeout: int = 900) -> str:
+def cxr(*args: str, backend: str = "tensorflow", cwd: Path | None = None, timeout: int = 900, **env: str) -> str:
     """Run `python -m cxr ARGS` as a user would, with no standard input; return its stdout."""
-    env = {**os.environ, "KERAS_BACKEND": backend}
+    env = {**os.environ, "KERAS_BACKEND": backend, **env}
     result = subprocess.run([sys.executable, "-m", "cxr", *args], capture_output=True, text=True, env=env,
                             cwd=cwd, stdin=subprocess.DEVNULL, timeout=timeout)
     assert result.returncode == 0, f"cxr {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -30,8 +33,16 @@ def cxr(*args: str, backend: str = "tensorflow", cwd: Path | None = None, timeou
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_train_evaluate_predict_on_the_real_sample(sample, tmp_path, backend):
     runs = tmp_path / "runs"
+    # The TensorFlow run takes cxr's default allocator (tcmalloc where installed, as on CI); the JAX run the
+    # system's, as CXR_ALLOCATOR=system asks.
+    chosen = "system" if backend == "jax" else "auto"
     printed = cxr("train", "--data", str(sample), "--name", "e2e", "--runs-dir", str(runs), "--weights", "none",
-                  "--image-size", "32", "--epochs", "2", "--batch-size", "16", backend=backend)
+                  "--image-size", "32", "--epochs", "2", "--batch-size", "16", backend=backend, CXR_ALLOCATOR=chosen)
+    library = allocator.find(chosen)
+    expected = "system" if library is None else "tcmalloc" if "tcmalloc" in library.name else "jemalloc"
+    recorded = yaml.safe_load((only_run(runs) / "config.yaml").read_text())["environment"]
+    assert recorded["allocator"] == expected and recorded["cpu"]["model"]
+    assert ("memory allocator: the system's" if expected == "system" else f"memory allocator: {expected}") in printed
     run = only_run(runs)
     assert run.name.endswith("-e2e")
     assert "epoch 1/2" in printed and "epoch 2/2" in printed and f"backend {backend}" in printed

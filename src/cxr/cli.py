@@ -322,9 +322,24 @@ COMMANDS = {"demo": run_demo, "split": run_split, "train": run_train, "evaluate"
             "serve": run_serve}
 
 
+# The commands that run a model: as a program they re-execute with a faster allocator (cxr.allocator).
+MODEL_COMMANDS = {"demo", "train", "evaluate", "predict", "explain", "serve", "export"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one `cxr` command; return its exit status (2 for a usable error, 130/143 for a stop)."""
+    """Run one `cxr` command; return its exit status (2 for a usable error, 130/143 for a stop).
+
+    Args:
+        argv: the arguments; None means the program's own (then a command that runs a model first
+            re-executes itself with tcmalloc or jemalloc preloaded, where one is installed).
+    """
+    program = argv is None
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if program and args.command in MODEL_COMMANDS:
+        from cxr.allocator import reexec_with_allocator
+
+        reexec_with_allocator(argv)
     try:
         return COMMANDS[args.command](args)
     except (UserError, FileNotFoundError, FileExistsError) as error:

@@ -1,7 +1,8 @@
 """Which code made a figure: the versions of cxr, Keras and its backend, read without importing them.
 
-`cxr --version` prints them, every run's `config.yaml` keeps them under `environment:` and every
-`metrics.json` under `software`, so that a number can be traced to the code that produced it.
+`cxr --version` prints them; every run's `config.yaml` keeps them under `environment:`, and every
+`metrics.json` under `software`, with the memory allocator and the CPU (`record`), so that a number
+can be traced to the code and the machine that produced it.
 Reading package metadata instead of importing Keras keeps `cxr --version` instant and lets an
 ONNX-only installation answer too.
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from cxr import __version__
 
-__all__ = ["active_backend", "cpu", "software", "version_line"]
+__all__ = ["active_backend", "cpu", "record", "software", "version_line"]
 
 # The distributions that provide each backend, in the order they are looked for.
 _BACKEND_PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax",), "torch": ("torch",)}
@@ -77,6 +78,15 @@ def cpu() -> dict[str, object]:
         present = set(fields["flags"].split())
         flags = [flag for flag in CPU_FLAGS if flag in present]
     return {"model": model, "cores": os.cpu_count(), "flags": flags}
+
+
+def record() -> dict[str, object]:
+    """What a run's config.yaml and every evaluation and benchmark keep: the software, the memory
+    allocator the process runs with (see cxr.allocator) and the CPU.
+    """
+    from cxr.allocator import active
+
+    return {**software(), "allocator": active(), "cpu": cpu()}
 
 
 def version_line() -> str:

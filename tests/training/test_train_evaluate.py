@@ -33,11 +33,11 @@ def test_a_run_folder_holds_everything_it_promises(tiny_run):
 def test_config_and_metrics_record_the_software_that_made_them(tiny_run):
     import yaml
 
-    from cxr.environment import software
+    from cxr.environment import record
 
     recorded = yaml.safe_load((tiny_run / "config.yaml").read_text())["environment"]
     metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
-    assert recorded == metrics["software"] == software()
+    assert recorded == metrics["software"] == record()
     assert recorded["backend"] == keras.backend.backend() and recorded["keras"] == keras.__version__
 
 

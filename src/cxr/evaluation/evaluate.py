@@ -21,7 +21,7 @@ from cxr.config import Config
 from cxr.data.batches import label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.split import SPLITS, Split
-from cxr.environment import software
+from cxr.environment import record
 from cxr.errors import DatasetError
 from cxr.evaluation import calibration, sources
 from cxr.evaluation.metrics import HEADLINE, clinical_metrics, format_interval, per_class_frame
@@ -92,7 +92,7 @@ def evaluate_run(
     if "test" in predictions:
         echo(f"test metrics with {resamples} stratified bootstrap resamples...")
     metrics = {"run": run.path.name, "model": run.model_path.name, "classes": config.classes, "evaluated": now(),
-               "software": software(), "training": run.training_summary(),
+               "software": record(), "training": run.training_summary(),
                **compute_metrics(predictions, config.classes, resamples=resamples, seed=seed,
                                  model_sha256=files.sha256(run.model_path),
                                  source_map=sources.read_sources(split.root or config.data), split=split,

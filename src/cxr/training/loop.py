@@ -23,14 +23,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from cxr import files
+from cxr import allocator, files
 from cxr.backend import enable_compilation_cache, enable_determinism
 from cxr.config import Config
 from cxr.data.batches import ImageBatches, label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.prepare import prepare_split, summary_table
 from cxr.data.split import SPLITS, Split
-from cxr.environment import software
+from cxr.environment import record
 from cxr.errors import ConfigError, DatasetError, UserError
 from cxr.evaluation.evaluate import evaluate_run
 from cxr.model import build_model, compile_model, load_model, resolve_weights
@@ -183,7 +183,7 @@ def _check_inputs(config: Config) -> None:
 def _record_new_run(run: Run, config: Config, split: Split, echo: Callable[[str], None]) -> None:
     echo(f"run folder: {run}")
     run.write_split(split)
-    run.write_config(config, environment=software())
+    run.write_config(config, environment=record())
     echo(summary_table(split).to_string())
     groups = split.duplicates["group"].nunique() if len(split.duplicates) else 0
     echo(f"duplicate groups kept within one split: {groups} ({len(split.duplicates)} images)")
@@ -393,6 +393,7 @@ def _announce(model: keras.Model, config: Config, echo: Callable[[str], None], *
          f"{model_precision(model)}" + (", deterministic" if config.deterministic else ""))
     echo(f"devices: {placement.describe()}"
          + (f", {batch // placement.replicas} images per device per step" if placement.replicas > 1 else ""))
+    echo(allocator.describe())
 
 
 def _fit(model: keras.Model, train_batches: ImageBatches, val_batches: ImageBatches, loop: Loop, config: Config,
