@@ -132,9 +132,12 @@ def _add_control_options(train: argparse.ArgumentParser) -> None:
                          help="after this epoch ask whether to go on (default 5; 0 never; only on a terminal)")
     control.add_argument("--deterministic", action="store_true", default=None,
                          help="deterministic kernels: the same seed gives the same history")
+    control.add_argument("--checkpoint-every", type=float, metavar="MINUTES",
+                         help="save inside an epoch this often, so that an interrupt loses at most this much "
+                              "(default 10; 0: only at epoch ends; a stop signal always saves)")
     control.add_argument("--resume", metavar="RUN",
-                         help="continue this run from its last completed epoch (with --epochs: train to that epoch; "
-                              "with --learning-rate: from that rate)")
+                         help="continue this run from where it was saved (with --epochs: train to that epoch; "
+                              "with --learning-rate: from that rate; with --checkpoint-every: save that often)")
 
 
 def _add_evaluate(commands) -> None:
@@ -235,17 +238,18 @@ def run_train(args: argparse.Namespace) -> int:
     settings = _settings(args, sorted(FIELDS))  # every setting of a run is a flag of `cxr train`
     if args.resume:
         others = [name for name, value in {**settings, "config": args.config}.items()
-                  if value is not None and name not in ("epochs", "learning_rate")]
+                  if value is not None and name not in ("epochs", "learning_rate", "checkpoint_every")]
         if others:
             flags = ", ".join("--" + name.replace("_", "-") for name in others)
-            raise UserError(f"--resume continues a run with its saved settings; only --epochs and --learning-rate "
-                            f"may be given with it, not {flags}")
+            raise UserError(f"--resume continues a run with its saved settings; only --epochs, --learning-rate and "
+                            f"--checkpoint-every may be given with it, not {flags}")
         config = Run(args.resume).config()
     else:
         config = resolve(args.config, **settings)
     join_processes(args.coordinator, args.num_processes, args.process_id, config.seed, config.deterministic)
     if args.resume:
-        resume(args.resume, epochs=args.epochs, learning_rate=args.learning_rate)
+        resume(args.resume, epochs=args.epochs, learning_rate=args.learning_rate,
+               checkpoint_every=args.checkpoint_every)
     else:
         train(config)
     return 0

@@ -59,6 +59,9 @@ class Config:
     dwell: bool = True
     ask_epoch: int | None = 5  # ask whether to go on after this epoch (terminal only); 0/null: never
     deterministic: bool = False  # deterministic kernels: same seed, same history (can be slower on GPU)
+    # Minutes between saves inside an epoch (a stop signal saves too); 0: only at epoch ends. An epoch
+    # shorter than this is never saved inside, so small runs pay nothing.
+    checkpoint_every: float = 10.0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (Keras mixed precision: float32 weights, bf16/fp16 compute)
     # Data parallelism (see cxr.training.distribute): auto uses every local GPU (and every process of a job);
     # the global batch is per_device_batch x devices when set, else batch_size; scale_learning_rate
@@ -112,6 +115,9 @@ class Config:
         need(self.ask_epoch is None or integer(self.ask_epoch, 0),
              f"ask_epoch must be empty or an integer of 0 or more, got {self.ask_epoch!r}")
         need(isinstance(self.deterministic, bool), f"deterministic must be true or false, got {self.deterministic!r}")
+        need(isinstance(self.checkpoint_every, (int, float)) and not isinstance(self.checkpoint_every, bool)
+             and self.checkpoint_every >= 0,
+             f"checkpoint_every must be a number of minutes, 0 or more, got {self.checkpoint_every!r}")
         need(integer(self.bootstrap, 0), f"bootstrap must be an integer of 0 or more, got {self.bootstrap!r}")
         need(integer(self.bootstrap_seed, 0),
              f"bootstrap_seed must be a non-negative integer, got {self.bootstrap_seed!r}")

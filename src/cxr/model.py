@@ -198,12 +198,14 @@ def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Mode
     return model
 
 
-def load_model(path: str | os.PathLike) -> keras.Model:
-    """Load a saved classifier safely (no deserialised code)."""
+def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
+    """Load a saved classifier safely (no deserialised code); `compile=False` leaves out the optimizer
+    (for weights alone: a model saved before its first step has an optimizer with no state to load).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    return keras.saving.load_model(path, safe_mode=True)
+    return keras.saving.load_model(path, safe_mode=True, compile=compile)
 
 
 def predict_array(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:

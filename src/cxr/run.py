@@ -8,7 +8,8 @@ runs/<YYYYmmdd-HHMMSS>-<name>/
   config.yaml              the settings (a Config) and, under `environment:`, the software that made it
   split/                   train/val/test.csv ... (the split folder's own layout: cxr.data.split)
   history.csv              one row per epoch
-  checkpoints/             epoch-NNNN.keras, best-NNNN.keras and state.json (what --resume needs)
+  checkpoints/             epoch-NNNN.keras, best-NNNN.keras, step-NNNN-BBBBBB.keras (inside an epoch)
+                           and state.json (what --resume needs)
   model.keras              the best epoch's model; model.onnx after `cxr export`
   eval/, eval-2/, ...      one folder per evaluation (EvalDir); eval-interrupted/ after a stop
   .lock, .lock.pid         the lock of the process writing the run, and its pid
@@ -196,15 +197,17 @@ class Run:
         return self.checkpoints / name
 
     @staticmethod
-    def checkpoint_name(kind: str, epoch: int) -> str:
-        """`epoch-NNNN.keras` (the model after epoch N) or `best-NNNN.keras` (the controller's best)."""
-        if kind not in ("epoch", "best"):
-            raise ValueError(f"kind must be 'epoch' or 'best', got {kind!r}")
-        return f"{kind}-{epoch:04d}.keras"
+    def checkpoint_name(kind: str, epoch: int, batch: int | None = None) -> str:
+        """`epoch-NNNN.keras` (the model after epoch N), `best-NNNN.keras` (the controller's best) or
+        `step-NNNN-BBBBBB.keras` (the model after batch B of epoch N, saved inside the epoch).
+        """
+        if kind not in ("epoch", "best", "step") or (kind == "step") != (batch is not None):
+            raise ValueError(f"kind must be 'epoch' or 'best', or 'step' with a batch; got {kind!r}, {batch!r}")
+        return f"{kind}-{epoch:04d}-{batch:06d}.keras" if kind == "step" else f"{kind}-{epoch:04d}.keras"
 
     def checkpoint_files(self) -> list[Path]:
         """Every model file in checkpoints/ (for pruning the ones state.json no longer names)."""
-        return sorted([*self.checkpoints.glob("epoch-*.keras"), *self.checkpoints.glob("best-*.keras")])
+        return sorted(path for kind in ("epoch", "best", "step") for path in self.checkpoints.glob(f"{kind}-*.keras"))
 
     def is_trained(self) -> bool:
         """Whether anything of a finished epoch is here (history or model), with or without state."""
@@ -263,7 +266,7 @@ class Run:
         return files.write_csv(self.history_path, pd.DataFrame(rows))
 
     def state(self) -> dict[str, Any] | None:
-        """The saved training state (checkpoints/state.json), or None when no epoch has been completed.
+        """The saved training state (checkpoints/state.json), or None before anything was saved.
 
         Raises:
             UserError: the file cannot be read, has another format, or names a missing model file.
@@ -277,9 +280,10 @@ class Run:
             raise UserError(f"{path} cannot be read: {error}") from None
         if state.get("format") != STATE_FORMAT:
             raise UserError(f"{path} has format {state.get('format')!r}; this version reads format {STATE_FORMAT}")
-        for key in ("model", "best_model"):
-            if state.get(key) and not self.checkpoint(state[key]).is_file():
-                raise UserError(f"{path} names {state[key]}, which is missing from {self.checkpoints}")
+        named = [state.get("model"), state.get("best_model"), (state.get("partial") or {}).get("model")]
+        for name in filter(None, named):
+            if not self.checkpoint(name).is_file():
+                raise UserError(f"{path} names {name}, which is missing from {self.checkpoints}")
         return state
 
     def write_state(self, state: dict[str, Any]) -> Path:

@@ -124,7 +124,8 @@ def test_a_finished_run_is_not_resumed_without_more_epochs(tiny_run):
 
 def test_resume_takes_no_other_settings(capsys):
     assert main(["train", "--resume", "runs/x", "--batch-size", "4", "--epochs", "5", "--learning-rate", "0.1"]) == 2
-    assert "only --epochs and --learning-rate may be given with it, not --batch-size" in capsys.readouterr().err
+    assert ("only --epochs, --learning-rate and --checkpoint-every may be given with it, not --batch-size"
+            in capsys.readouterr().err)
 
 
 def test_a_locked_run_is_refused_with_the_pid_of_its_owner(tmp_path):
@@ -177,10 +178,10 @@ def test_a_state_naming_a_missing_model_file_is_reported(tmp_path):
 
 # --- real processes ---------------------------------------------------------------------------
 
-def cli_args(sample, runs, name, epochs):
+def cli_args(sample, runs, name, epochs, *extra):
     return [sys.executable, "-m", "cxr", "train", "--data", str(sample), "--backbone", "tiny", "--weights", "none",
             "--image-size", "128", "--batch-size", "8", "--epochs", str(epochs), "--seed", "5", "--deterministic",
-            "--runs-dir", str(runs), "--name", name, "--bootstrap", "100"]
+            "--runs-dir", str(runs), "--name", name, "--bootstrap", "100", *extra]
 
 
 def start(args, backend="tensorflow"):
@@ -195,12 +196,17 @@ def run_cli(args, expect=0, backend="tensorflow"):
     return done.stdout + done.stderr
 
 
-def wait_for_epoch(runs: Path, epoch: int, process: subprocess.Popen, timeout: float = 300) -> Path:
-    """Poll until some run under `runs` has saved `epoch`; return its folder."""
+def wait_for_epoch(runs: Path, epoch: int, process: subprocess.Popen, timeout: float = 300,
+                   inside: bool = False) -> Path:
+    """Poll until some run under `runs` has saved `epoch` (with `inside`: 5 or more batches of epoch `epoch`);
+    return its folder.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for path in runs.glob("*/checkpoints/state.json"):
-            if json.loads(path.read_text())["epoch"] >= epoch:  # replaced atomically: never half-read
+            state = json.loads(path.read_text())  # replaced atomically: never half-read
+            partial = state.get("partial") or {"epoch": 0, "batches": 0}
+            if (partial["epoch"] >= epoch and partial["batches"] >= 5) if inside else state["epoch"] >= epoch:
                 return path.parents[1]
         assert process.poll() is None, f"training exited early:\n{process.communicate()[0]}"
         time.sleep(0.01)
@@ -219,23 +225,45 @@ def run_outcome(run: Path) -> tuple[pd.DataFrame, list[np.ndarray], dict]:
     return history, weights, metrics
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_sigkill_during_epoch_2_then_resume_equals_an_uninterrupted_run(sample, tmp_path, backend):
-    run_cli(cli_args(sample, tmp_path / "whole", "whole", 3), backend=backend)
-    whole = run_outcome(only_run(tmp_path / "whole"))
+WHOLE_RUNS: dict[str, tuple] = {}  # backend -> the uninterrupted run's outcome, shared by the kill tests
 
-    process = start(cli_args(sample, tmp_path / "killed", "killed", 3), backend)
-    run = wait_for_epoch(tmp_path / "killed", 1, process)
+
+def whole_run(sample, tmp_path_factory, backend: str) -> tuple:
+    if backend not in WHOLE_RUNS:
+        runs = tmp_path_factory.mktemp(f"whole-{backend}")
+        run_cli(cli_args(sample, runs, "whole", 3), backend=backend)
+        WHOLE_RUNS[backend] = run_outcome(only_run(runs))
+    return WHOLE_RUNS[backend]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backend", "inside"), [("tensorflow", False), ("tensorflow", True), ("jax", True)],
+                         ids=["tensorflow-after-epoch-1", "tensorflow-inside-epoch-2", "jax-inside-epoch-2"])
+def test_sigkill_during_epoch_2_then_resume_equals_an_uninterrupted_run(sample, tmp_path, tmp_path_factory,
+                                                                        backend, inside):
+    whole = whole_run(sample, tmp_path_factory, backend)
+    # Saving inside an epoch every 20 ms saves after nearly every batch (and changes no result).
+    extra = ["--checkpoint-every", str(0.02 / 60)] if inside else []
+    process = start(cli_args(sample, tmp_path / "killed", "killed", 3, *extra), backend)
+    run = wait_for_epoch(tmp_path / "killed", 2, process, inside=True) if inside \
+        else wait_for_epoch(tmp_path / "killed", 1, process)
     process.send_signal(signal.SIGKILL)
     finish(process)
     assert process.returncode == -signal.SIGKILL
     state = read_state(run)
+    partial = state.get("partial")
     assert state["epoch"] == 1, "the kill was meant to land during epoch 2"
     assert len(pd.read_csv(run / "history.csv")) == 1 and not (run / "model.keras").exists()
+    if inside:
+        assert partial["epoch"] == 2 and 5 <= partial["batches"] < partial["of"] == 45, partial  # 356 images / 8
+        assert (run / "checkpoints" / f"step-0002-{partial['batches']:06d}.keras").is_file()
+    else:
+        assert partial is None and not list((run / "checkpoints").glob("step-*"))
 
     output = run_cli([sys.executable, "-m", "cxr", "train", "--resume", str(run)], backend=backend)
-    assert f"resuming {run} after epoch 1 of 3" in output and f"backend {backend}" in output
+    where = (f"in epoch 2 of 3, at batch {partial['batches'] + 1} of 45" if inside else "after epoch 1 of 3")
+    assert f"resuming {run} {where}" in output and f"backend {backend}" in output
+    assert "ran out of data" not in output
     history, weights, metrics = run_outcome(run)
     assert list(history["epoch"]) == [1, 2, 3] and read_state(run)["status"] == "finished"
     pd.testing.assert_frame_equal(history, whole[0])
@@ -257,23 +285,28 @@ def test_sigint_stops_saves_evaluates_says_how_to_resume_and_resume_finishes(sam
     process.send_signal(signal.SIGINT)
     output = finish(process)
     assert process.returncode == 130, output
-    assert "SIGINT received: stopping at the end of this batch" in output
+    # During training "at the end of this batch"; during validation (rarer) "when this epoch's validation ends".
+    assert "SIGINT received: stopping " in output
     assert "cxr: stopped: interrupted by SIGINT" in output
     assert f"Resume with: cxr train --resume {run}" in output
     state = read_state(run)
-    done = state["epoch"]
+    done, partial = state["epoch"], state.get("partial")
     assert state["status"] == "interrupted" and 1 <= done < 6
     assert len(pd.read_csv(run / "history.csv")) == done
+    if partial:  # stopped inside an epoch's training (not its validation): saved where it was
+        assert partial["epoch"] == done + 1 and f"{partial['batches']} of 45 batches of epoch {done + 1} are saved" \
+            in output
     metrics = json.loads((run / "eval-interrupted" / "metrics.json").read_text())
     assert sorted(metrics["splits"]) == ["test", "val"] and metrics["training"]["status"] == "interrupted"
     assert (run / "model.keras").is_file() and not (run / "eval").exists()
 
     output = run_cli([sys.executable, "-m", "cxr", "train", "--resume", str(run)])
-    assert f"after epoch {done} of 6" in output
+    assert (f"in epoch {done + 1} of 6, at batch {partial['batches'] + 1} of 45" if partial
+            else f"after epoch {done} of 6") in output
     assert list(pd.read_csv(run / "history.csv")["epoch"]) == [1, 2, 3, 4, 5, 6]
     assert read_state(run)["status"] == "finished"
     assert sorted(json.loads((run / "eval" / "metrics.json").read_text())["splits"]) == ["test", "train", "val"]
-    # The partial epoch that SIGINT cut short left no trace: the result equals an uninterrupted run.
+    # Resumed from where SIGINT stopped it, the run ends as an uninterrupted one.
     history, weights, metrics = run_outcome(run)
     pd.testing.assert_frame_equal(history, whole[0])
     assert all(np.array_equal(a, b) for a, b in zip(weights, whole[1], strict=True)) and metrics == whole[2]
@@ -326,6 +359,48 @@ def test_a_nan_after_saved_epochs_keeps_and_evaluates_the_best_and_can_resume(ph
     history = pd.read_csv(run / "history.csv")
     assert read_state(run)["status"] == "finished" and list(history["epoch"]) == [1, 2, 3, 4]
     assert history.loc[1, "learning_rate"] == 1e-4  # the rate given to --resume
+
+
+@pytest.mark.slow
+def test_a_stop_in_epoch_1_keeps_its_batches_and_the_resume_ends_as_an_uninterrupted_run(phantoms, tmp_path,
+                                                                                          monkeypatch):
+    import cxr.training.loop
+    import cxr.training.progress
+
+    train(tiny_config(phantoms, tmp_path / "whole", deterministic=True), **QUIET)
+    whole = only_run(tmp_path / "whole")
+
+    class SignalAfterBatch3(cxr.training.loop.StopGuard):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            if self.epoch == 1 and batch == 2:
+                self.signals.received = "SIGTERM"  # as the handler does; acted on when batch 4 begins
+
+    monkeypatch.setattr(cxr.training.loop, "StopGuard", SignalAfterBatch3)
+    with pytest.raises(TrainingStopped) as caught:
+        train(tiny_config(phantoms, tmp_path / "stopped", deterministic=True), **QUIET)
+    run = only_run(tmp_path / "stopped")
+    state = read_state(run)
+    assert caught.value.exit_code == 143 and state["status"] == "interrupted" and state["epoch"] == 0
+    assert state["partial"]["batches"] == 3 and state["partial"]["epoch"] == 1
+    assert str(caught.value) == (f"interrupted by SIGTERM during epoch 1. No epoch was completed; 3 of "
+                                 f"{state['partial']['of']} batches of epoch 1 are saved. Resume with: "
+                                 f"cxr train --resume {run}")
+    assert not (run / "model.keras").exists() and not (run / "eval-interrupted").exists()
+
+    # The resume prints a progress line per batch (no terminal here), starting from batch 4.
+    monkeypatch.undo()
+    monkeypatch.setattr(cxr.training.progress, "PROGRESS_EVERY", 0.0)
+    lines: list[str] = []
+    resume(run, echo=lines.append, progress=True)
+    assert f"resuming {run} in epoch 1 of 3, at batch 4 of {state['partial']['of']}" in lines
+    assert any(line.startswith(f"epoch 1/3: batch 4/{state['partial']['of']}, ") and "images/s, about" in line
+               for line in lines), lines
+    history = pd.read_csv(run / "history.csv").drop(columns=["seconds"])
+    pd.testing.assert_frame_equal(history, pd.read_csv(whole / "history.csv").drop(columns=["seconds"]))
+    weights, expected = load_model(run / "model.keras").get_weights(), load_model(whole / "model.keras").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(weights, expected, strict=True))
+    assert not list((run / "checkpoints").glob("step-*"))  # the epoch's end replaced the step checkpoint
 
 
 def test_a_stop_signal_that_came_while_saving_stops_instead_of_asking(monkeypatch):

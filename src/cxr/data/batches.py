@@ -32,6 +32,10 @@ class ImageBatches(keras.utils.PyDataset):
     With `shuffle`, the order of epoch e is a pure function of (seed, e), set by `set_epoch` from a
     callback's on_epoch_begin: a resumed run sees the same order as an uninterrupted one. (Keras calls
     a PyDataset's own on_epoch_end a varying number of times, so it cannot count epochs.)
+
+    A run resumed from a checkpoint inside an epoch starts that epoch at a later batch (`start_at`):
+    for that epoch the dataset is shorter by the batches already trained. Keras counts an epoch's
+    batches once, when a fit begins, so that epoch is fitted on its own (see training.loop).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
@@ -47,16 +51,32 @@ class ImageBatches(keras.utils.PyDataset):
         remainder = len(images) % batch_size
         self.used = len(images) - remainder % multiple_of
         self.order = np.arange(len(images))
+        self.start: tuple[int, int] | None = None  # (epoch, batch) a resumed run starts at
+        self.skip = 0  # batches of the current epoch trained before a resume
         self.set_epoch(0)
 
-    def __len__(self) -> int:
+    @property
+    def batches_per_epoch(self) -> int:
+        """The batches of a whole epoch."""
         return math.ceil(self.used / self.batch_size)
 
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.skip
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        index += self.skip
         # Sorted rows read a memory map in file order; the batch's composition is what is shuffled.
         rows = np.sort(self.order[index * self.batch_size : min((index + 1) * self.batch_size, self.used)])
         return self.images[rows], self.targets[rows]
 
+    def start_at(self, epoch: int, batch: int) -> None:
+        """Begin epoch `epoch` (0-based) at batch `batch`; call before fit, and `set_epoch` from the fit."""
+        if not 0 <= batch < self.batches_per_epoch:
+            raise ValueError(f"batch {batch} is outside an epoch of {self.batches_per_epoch} batches")
+        self.start = (epoch, batch)
+
     def set_epoch(self, epoch: int) -> None:
+        """Take epoch `epoch`'s order (and its first batch, for a resumed epoch)."""
         if self.shuffle:
             self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
+        self.skip = self.start[1] if self.start and self.start[0] == epoch else 0

@@ -4,7 +4,9 @@
 - `controller`: the reference's adaptive learning rate (`AdaptiveLR`).
 - `prompt`: the reference's ask-to-continue question (`AskToContinue`).
 - `history`: one line and one history.csv row per epoch (`EpochLog`).
-- `checkpoint`: what is saved after every epoch so that a run resumes exactly (`RunCheckpoint`).
+- `checkpoint`: what is saved after every epoch, and inside long ones, so that a run resumes exactly
+  (`RunCheckpoint`).
+- `progress`: a line every few minutes inside an epoch when the output is a log, not a terminal.
 - `stopping`: Ctrl-C, SIGTERM and non-finite losses, stopped at a batch boundary.
 - `distribute`: data parallel over every device and process of a job.
 """

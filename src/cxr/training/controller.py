@@ -47,11 +47,14 @@ class AdaptiveLR(keras.callbacks.Callback):
         factor: the rate is multiplied by this on a drop.
         stop_patience: stop after this many drops without an improvement in between.
         dwell: on a drop, go back to the best weights so far.
+        restore_at_end: set the best weights when a fit ends. A caller that trains in several fits (a run
+            resumed inside an epoch) turns it off and calls `restore_best` once, at the very end.
     """
 
     def __init__(self, threshold: float = 0.9, patience: int = 1, factor: float = 0.5,
-                 stop_patience: int = 3, dwell: bool = True):
+                 stop_patience: int = 3, dwell: bool = True, restore_at_end: bool = True):
         super().__init__()
+        self.restore_at_end = restore_at_end
         self.threshold = threshold
         self.patience = patience
         self.factor = factor
@@ -138,6 +141,11 @@ class AdaptiveLR(keras.callbacks.Callback):
         return new_learning_rate, False
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        if self.restore_at_end:
+            self.restore_best()
+
+    def restore_best(self) -> None:
+        """Give the model the best weights so far."""
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
 

@@ -28,23 +28,31 @@ class EpochLog(keras.callbacks.Callback):
         epochs: the run's last epoch, for the `epoch n/N` of the line.
         echo: where the line goes.
         rows: the rows of earlier epochs (a resumed run's history).
+        carried_seconds: the time already spent in the first epoch (a run resumed inside an epoch).
     """
 
-    def __init__(self, epochs: int, echo: Callable[[str], None] = print, rows: list[dict[str, Any]] | None = None):
+    def __init__(self, epochs: int, echo: Callable[[str], None] = print, rows: list[dict[str, Any]] | None = None,
+                 carried_seconds: float = 0.0):
         super().__init__()
         self.epochs = epochs
         self.echo = echo
         self.rows: list[dict[str, Any]] = list(rows or [])
-        self.started = 0.0
+        self.started = time.monotonic()
+        self.carried_seconds = carried_seconds
         self.learning_rate = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.started = time.monotonic()
+        self.started = time.monotonic() - self.carried_seconds
+        self.carried_seconds = 0.0
         self.learning_rate = float(f"{current_learning_rate(self.model):.6g}")  # float32 noise off
+
+    def elapsed(self) -> float:
+        """Seconds since the epoch in flight began."""
+        return time.monotonic() - self.started
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
-        seconds = time.monotonic() - self.started
+        seconds = self.elapsed()
         row = {"epoch": epoch + 1, "loss": logs.get("loss"), "accuracy": logs.get("accuracy"),
                "val_loss": logs.get("val_loss"), "val_accuracy": logs.get("val_accuracy"),
                "learning_rate": self.learning_rate, "seconds": round(seconds, 3),

@@ -2,8 +2,9 @@
 
 Both tell the same story: prepare the data, build or restore the model, assemble the callbacks, fit,
 finish (status, model.keras), evaluate. Everything a run produces goes into its own new folder (a
-`Run`); after every epoch it saves what it needs to continue (`checkpoint`); Ctrl-C or SIGTERM stops
-at the next batch, evaluates the best model so far and says how to resume. In a job of several
+`Run`); after every epoch, and every few minutes inside a long one, it saves what it needs to continue
+(`checkpoint`); Ctrl-C or SIGTERM stops at the next batch, saves, evaluates the best model so far and
+says how to resume. In a job of several
 processes, process 0 writes the run and speaks; the others work in a scratch folder, quietly.
 """
 
@@ -37,9 +38,10 @@ from cxr.model import build_model, compile_model, load_model, resolve_weights
 from cxr.precision import hardware_note, model_precision
 from cxr.run import Run
 from cxr.training import distribute
-from cxr.training.checkpoint import RunCheckpoint, set_seed_states
+from cxr.training.checkpoint import RunCheckpoint, WithinEpoch, set_seed_states
 from cxr.training.controller import AdaptiveLR, current_learning_rate
 from cxr.training.history import EpochLog
+from cxr.training.progress import ProgressLines
 from cxr.training.prompt import AskToContinue
 from cxr.training.stopping import Status, StopGuard, StopSignals, TrainingStopped, terminal_reader
 
@@ -74,6 +76,7 @@ class Loop:
     prompt: AskToContinue | None
     signals: StopSignals
     callbacks: list[keras.callbacks.Callback]
+    bar: bool = False  # Keras' progress bar is among the callbacks (fit's verbose must say so too)
 
 
 # The two entry points ---------------------------------------------------------------------------------
@@ -83,7 +86,7 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
 
     Args:
         config: the settings (see cxr.config.Config).
-        progress: show progress bars on a terminal.
+        progress: show progress: Keras' bar on a terminal, else a line every few minutes.
         echo: where messages go.
         read: answers the ask-to-continue prompt (default: the terminal, when stdin is one).
 
@@ -111,16 +114,18 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
 
 
 def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate: float | None = None,
-           progress: bool = True, echo=print, read: Reader | None = None) -> Path | None:
+           progress: bool = True, echo=print, read: Reader | None = None,
+           checkpoint_every: float | None = None) -> Path | None:
     """Continue a run from its last completed epoch.
 
     Args:
         run_dir: the run folder.
         epochs: train to this epoch in all (also a complete run, with a fresh allowance of rate reductions).
         learning_rate: replace the current rate (after a NaN loss, say).
-        progress: show progress bars on a terminal.
+        progress: show progress: Keras' bar on a terminal, else a line every few minutes.
         echo: where messages go.
         read: answers the ask-to-continue prompt (default: the terminal, when stdin is one).
+        checkpoint_every: minutes between saves inside an epoch from now on (default: the run's setting).
 
     Returns:
         The run folder (None in a process other than 0 of a job).
@@ -131,6 +136,8 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
     """
     run = Run(run_dir)
     config = run.config().validate()
+    if checkpoint_every is not None:  # how often to save changes no result: no need to record it
+        config = dataclasses.replace(config, checkpoint_every=checkpoint_every).validate()
     if config.deterministic:
         enable_determinism()  # before anything starts the backend
     placement = distribute.plan(config.distribute)
@@ -143,8 +150,7 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
         _global_batch(config, state, placement)  # fails fast when the devices changed
         if placement.chief:
             run.remove_temporaries(console.echo)
-        console.echo(f"resuming {run} after epoch {state['epoch'] if state else 0} of {config.epochs}"
-                     + (": training is complete, evaluating it" if finalize else ""))
+        console.echo(_resuming(run, config, state, finalize=finalize))
         if finalize and placement.replicas > 1:  # evaluation alone: one device, no partner processes
             distribute.leave_processes(placement)
             keras.distribution.set_distribution(None)
@@ -170,6 +176,13 @@ def workspace(placement: distribute.Plan, make_run: Callable[[], Run], locked: b
     run = make_run()
     with run.lock() if locked else contextlib.nullcontext():
         yield run
+
+
+def _resuming(run: Run, config: Config, state: dict[str, Any] | None, *, finalize: bool) -> str:
+    partial = (state or {}).get("partial")
+    where = (f"in epoch {partial['epoch']} of {config.epochs}, at batch {partial['batches'] + 1} of {partial['of']}"
+             if partial else f"after epoch {state['epoch'] if state else 0} of {config.epochs}")
+    return f"resuming {run} {where}" + (": training is complete, evaluating it" if finalize else "")
 
 
 def _check_inputs(config: Config) -> None:
@@ -261,12 +274,13 @@ def _train_and_evaluate(run: Run, config: Config, split: Split, console: Console
     keras.utils.set_random_seed(config.seed)
     model, best_weights = _build_or_restore(source, config, state, console.echo, placement=placement, batch=batch,
                                             learning_rate=learning_rate)
-    train_batches, val_batches = _batches(arrays, labels, config, console.echo, placement=placement, batch=batch)
+    train_batches, val_batches = _batches(arrays, labels, config, console.echo, placement=placement, batch=batch,
+                                          state=state)
     loop = _assemble_callbacks(run, config, state, best_weights, console, train_batches, placement=placement,
                                batch=batch, finalize=finalize)
     if not finalize:
         _announce(model, config, console.echo, placement=placement, batch=batch)
-    stopped = _fit(model, train_batches, val_batches, loop, config, console, finalize=finalize)
+    stopped = _fit(model, train_batches, val_batches, loop, config, finalize=finalize)
     distribute.leave_processes(placement)  # the rest is process 0's alone
     if not placement.chief:
         if stopped:  # the job's exit status, from every process
@@ -304,10 +318,11 @@ def _build_or_restore(source: Run, config: Config, state: dict[str, Any] | None,
     best_weights = None
     with placement.scope():
         if state:
-            model = load_model(source.checkpoint(state["model"]))  # weights, optimizer state and learning rate
-            set_seed_states(model, state["seed_states"])
+            saved = state.get("partial") or state  # inside an epoch, or at the end of the last one
+            model = load_model(source.checkpoint(saved["model"]))  # weights, optimizer state and learning rate
+            set_seed_states(model, saved["seed_states"])
             if state.get("best_model"):
-                best_weights = load_model(source.checkpoint(state["best_model"])).get_weights()
+                best_weights = load_model(source.checkpoint(state["best_model"]), compile=False).get_weights()
             if learning_rate is not None:
                 echo(f"learning rate {current_learning_rate(model):.2e} -> {learning_rate:.2e}")
                 model.optimizer.learning_rate = learning_rate
@@ -328,15 +343,24 @@ def _build_or_restore(source: Run, config: Config, state: dict[str, Any] | None,
 
 
 def _batches(arrays: dict[str, np.ndarray], labels: dict[str, np.ndarray], config: Config,
-             echo: Callable[[str], None], *, placement: distribute.Plan,
-             batch: int) -> tuple[ImageBatches, ImageBatches]:
-    """This process's part of each global batch; a short last batch is cut to a multiple of the devices."""
+             echo: Callable[[str], None], *, placement: distribute.Plan, batch: int,
+             state: dict[str, Any] | None) -> tuple[ImageBatches, ImageBatches]:
+    """This process's part of each global batch; a short last batch is cut to a multiple of the devices.
+    A run saved inside an epoch starts that epoch at the next batch.
+    """
     per_process = batch // placement.process_count
     n_classes = len(config.classes)
     train_batches = ImageBatches(arrays["train"], labels["train"], n_classes, per_process, shuffle=True,
                                  seed=config.seed + placement.process_id, multiple_of=placement.batch_multiple)
     val_batches = ImageBatches(arrays["val"], labels["val"], n_classes, per_process,
                                multiple_of=placement.batch_multiple)
+    partial = (state or {}).get("partial")
+    if partial:
+        if partial["of"] != train_batches.batches_per_epoch:
+            raise ConfigError(f"the run was saved at batch {partial['batches']} of {partial['of']} of epoch "
+                              f"{partial['epoch']}, but its epochs now have {train_batches.batches_per_epoch} "
+                              "batches; the split or the images changed since")
+        train_batches.start_at(partial["epoch"] - 1, partial["batches"])
     for name, batches in (("train", train_batches), ("val", val_batches)):
         if batches.used < len(batches.images):
             echo(f"note: each epoch uses {batches.used} of this process's {len(batches.images)} {name} images: a "
@@ -351,22 +375,32 @@ def _assemble_callbacks(run: Run, config: Config, state: dict[str, Any] | None, 
     """The callbacks in the order they must run; each gets what it needs through its constructor and
     tells later ones what it decided through the epoch's logs.
     """
-    controller = AdaptiveLR(config.threshold, config.patience, config.factor, config.stop_patience, config.dwell)
+    # The loop sets the best weights itself when training ends: a run resumed inside an epoch fits twice.
+    controller = AdaptiveLR(config.threshold, config.patience, config.factor, config.stop_patience, config.dwell,
+                            restore_at_end=False)
     if state:
         controller.set_state(state["adaptive"], best_weights)
-    history = EpochLog(config.epochs, console.echo, rows=state["history"] if state else None)
+    partial = (state or {}).get("partial") or {}
+    history = EpochLog(config.epochs, console.echo, rows=state["history"] if state else None,
+                       carried_seconds=partial.get("seconds", 0.0))
+    # The processes of a job would each choose their own moment: they save at epoch ends only.
+    every = config.checkpoint_every * 60 if config.checkpoint_every > 0 else None
+    within = WithinEpoch(train_batches.batches_per_epoch, every) if placement.process_count == 1 else None
     checkpoint = RunCheckpoint(run, config.epochs, history, controller, state=state, ask_epoch=config.ask_epoch,
-                               global_batch=batch)
+                               global_batch=batch, within_epoch=within)
     signals = StopSignals(on_second=lambda: _resume_hint(run, checkpoint))
     prompt = _prompt(config, state, console, signals, checkpoint, several=placement.process_count > 1,
                      finalize=finalize)
     # On a terminal, Keras' progress bar: before the controller, whose decision in the logs is text.
+    # Elsewhere (a log file), a line every few minutes.
     bar = console.progress and sys.stdout.isatty()
+    lines = (ProgressLines(config.epochs, train_batches.batches_per_epoch, batch, lambda: train_batches.skip,
+                           console.echo) if console.progress and not bar else None)
     callbacks = [StopGuard(signals),
                  keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: train_batches.set_epoch(epoch)),
-                 *([keras.callbacks.ProgbarLogger()] if bar else []), controller, history, checkpoint,
-                 *([prompt] if prompt else [])]
-    return Loop(controller, history, checkpoint, prompt, signals, callbacks)
+                 *([keras.callbacks.ProgbarLogger()] if bar else []), *([lines] if lines else []),
+                 controller, history, checkpoint, *([prompt] if prompt else [])]
+    return Loop(controller, history, checkpoint, prompt, signals, callbacks, bar)
 
 
 def _prompt(config: Config, state: dict[str, Any] | None, console: Console, signals: StopSignals,
@@ -396,25 +430,40 @@ def _announce(model: keras.Model, config: Config, echo: Callable[[str], None], *
     echo(allocator.describe())
 
 
-def _fit(model: keras.Model, train_batches: ImageBatches, val_batches: ImageBatches, loop: Loop, config: Config,
-         console: Console, *, finalize: bool) -> TrainingStopped | None:
-    """Fit to the last epoch; return why training stopped early, if it did."""
-    bar = console.progress and sys.stdout.isatty()
+def _fit(model: keras.Model, train_batches: ImageBatches, val_batches: ImageBatches, loop: Loop, config: Config, *,
+         finalize: bool) -> TrainingStopped | None:
+    """Fit to the last epoch; return why training stopped early, if it did (saved where it was, if it can)."""
+    if finalize:
+        return None
     stopped = None
     try:
         with loop.signals:
-            # shuffle=False: ImageBatches shuffles itself, reproducibly; Keras would reorder batches
-            # with Python's global random state, which a resumed process cannot reproduce.
-            if not finalize:
-                model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
-                          initial_epoch=loop.checkpoint.state["epoch"], callbacks=loop.callbacks,
-                          verbose=1 if bar else 0, shuffle=False)
+            for first, last in _fits(loop.checkpoint.state, config.epochs):
+                train_batches.set_epoch(first)  # a fit counts an epoch's batches as it begins
+                # shuffle=False: ImageBatches shuffles itself, reproducibly; Keras would reorder batches
+                # with Python's global random state, which a resumed process cannot reproduce.
+                model.fit(train_batches, validation_data=val_batches, epochs=last, initial_epoch=first,
+                          callbacks=loop.callbacks, verbose=1 if loop.bar else 0, shuffle=False)
+                if model.stop_training:  # the controller stopped or the user halted
+                    break
     except TrainingStopped as error:
         stopped = error
-        loop.controller.on_train_end()  # Keras skips it when fit raises; the model in memory gets the best too
+        if error.kind == Status.INTERRUPTED:  # the weights are those after the last batch: keep them
+            loop.checkpoint.save_partial()
+    loop.controller.restore_best()  # the model in memory ends with the best weights, however training ended
     if stopped is None and loop.signals.received:  # it came after the last batch: stop before the long evaluation
         stopped = loop.signals.stopped("after the last epoch")
     return stopped
+
+
+def _fits(state: dict[str, Any], epochs: int) -> list[tuple[int, int]]:
+    """The (initial_epoch, epochs) of each fit: a run saved inside an epoch first finishes that epoch in a
+    fit of its own, whose one epoch is shorter (Keras cannot start an epoch at a later batch), then the rest.
+    """
+    first = state["epoch"]
+    if (state.get("partial") or {}).get("epoch") == first + 1:
+        return [(first, first + 1)] + ([(first + 1, epochs)] if first + 1 < epochs else [])
+    return [(first, epochs)]
 
 
 def _finish(run: Run, config: Config, loop: Loop, state: dict[str, Any] | None, stopped: TrainingStopped | None,
@@ -422,6 +471,10 @@ def _finish(run: Run, config: Config, loop: Loop, state: dict[str, Any] | None, 
     """Record how training ended and keep the best epoch's model as model.keras."""
     done = loop.checkpoint.state["epoch"]
     status = _status(config, loop, state, stopped, finalize=finalize)
+    if done == 0 and loop.checkpoint.state.get("partial"):
+        loop.checkpoint.commit(status)
+        raise TrainingStopped(f"{stopped.reason}. No epoch was completed; {loop.checkpoint.saved()}. Resume with: "
+                              f"cxr train --resume {run}", status, stopped.exit_code)
     if done == 0:
         hint = (f"; start it again with: cxr train --resume {run}" if status == Status.INTERRUPTED
                 else "; start a new run with a lower --learning-rate" if status == Status.NAN else "")
@@ -465,14 +518,11 @@ def _evaluate(run: Run, images: dict[str, np.ndarray] | None, checkpoint: RunChe
     command = f"cxr train --resume {run}"
     if stopped.kind == Status.NAN:
         command += f" --learning-rate {checkpoint.state['learning_rate'] / 10:.2g}"
-    raise TrainingStopped(f"{stopped.reason}. {_saved(checkpoint.state['epoch']).capitalize()}; the best so far is "
-                          f"model.keras, evaluated in {metrics['eval_dir']}. Resume with: {command}",
+    saved = checkpoint.saved()
+    raise TrainingStopped(f"{stopped.reason}. {saved[0].upper()}{saved[1:]}; the best so far is model.keras, "
+                          f"evaluated in {metrics['eval_dir']}. Resume with: {command}",
                           stopped.kind, stopped.exit_code)
 
 
 def _resume_hint(run: Run, checkpoint: RunCheckpoint) -> str:
-    return f"In {run}, {_saved(checkpoint.saved_epoch)}. Resume with: cxr train --resume {run}"
-
-
-def _saved(done: int) -> str:
-    return "no epoch was completed" if done == 0 else "epoch 1 is saved" if done == 1 else f"epochs 1-{done} are saved"
+    return f"In {run}, {checkpoint.saved()}. Resume with: cxr train --resume {run}"

@@ -1,8 +1,10 @@
 """Stopping a training job at a safe point: Ctrl-C, SIGTERM and a loss that is no longer finite.
 
 The first SIGINT or SIGTERM only raises a flag; `StopGuard` turns it into `TrainingStopped` at the
-next batch boundary, so the job can evaluate the best checkpoint and say how to resume. A second
-signal exits at once: every file is written atomically, so the last completed epoch stays intact.
+next batch boundary, so the job can save where it is, evaluate the best checkpoint and say how to
+resume. During an epoch's validation (a few percent of the epoch, and no weights change) it waits for
+the epoch's end, which saves the whole epoch. A second signal exits at once: every file is written
+atomically, so the last save stays intact.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class StopSignals:
         self.on_second = on_second  # the message printed before exiting at once
         self.received: str | None = None
         self.prompting = False  # at an input() prompt a signal must interrupt the read itself
+        self.validating = False  # during an epoch's validation, which a stop lets finish
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
@@ -62,7 +65,9 @@ class StopSignals:
         if self.prompting:
             _say(f"{name} received: stopping (send it again to exit at once)")
             raise KeyboardInterrupt
-        _say(f"{name} received: stopping at the end of this batch (send it again to exit at once)")
+        where = ("when this epoch's validation ends and the epoch is saved" if self.validating
+                 else "at the end of this batch")
+        _say(f"{name} received: stopping {where} (send it again to exit at once)")
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
@@ -115,6 +120,8 @@ class StopGuard(keras.callbacks.Callback):
     """Raise TrainingStopped at a batch boundary after a stop signal, or when the loss is not finite.
 
     Put it first: its epoch-end check keeps an epoch whose weights went non-finite from being saved.
+    A signal is acted on when the next batch begins, after every callback has seen the last one end
+    (the checkpoint then knows how far the epoch got), and not during validation.
     """
 
     def __init__(self, signals: StopSignals):
@@ -126,9 +133,11 @@ class StopGuard(keras.callbacks.Callback):
         self.epoch = epoch + 1
         self._check(f"before epoch {self.epoch}")
 
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._check(f"during epoch {self.epoch}")
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         self._finite(logs, "loss", f"in epoch {self.epoch}, batch {batch + 1}")
-        self._check(f"during epoch {self.epoch}")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         for name in ("loss", "val_loss"):
@@ -141,8 +150,11 @@ class StopGuard(keras.callbacks.Callback):
             raise TrainingStopped(f"the {'training' if name == 'loss' else 'validation'} loss became "
                                   f"{float(value)} {where}", Status.NAN, 3)
 
-    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        self._check(f"during the validation of epoch {self.epoch}")
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self.signals.validating = True
+
+    def on_test_end(self, logs: dict | None = None) -> None:
+        self.signals.validating = False
 
     def _check(self, where: str) -> None:
         if self.signals.received:
