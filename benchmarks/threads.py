@@ -13,9 +13,12 @@ what that costs, on this machine:
   as in a container; this needs root and a writable cgroup file system.
 
 Every row is a fresh process of `benchmarks/training.py --worker cxr-fp32` (median of --repeats timed
-epochs of --steps steps after a graph-building epoch), on the same synthetic 299 px PNG files.
+epochs of --steps steps after a graph-building epoch), on the same synthetic 299 px PNG files. The settings
+run in turn, --rounds times (A B C A B C ...), so that a drift of the machine's speed touches all of them;
+a setting's figure is the median over its rounds, and its ratio the median of the per-round ratios to
+`default`.
 
-    .venv/bin/python benchmarks/threads.py [--settings default,2x1,16x16] [--quota 1] [--size 128]
+    .venv/bin/python benchmarks/threads.py [--settings default,2x1,16x16] [--rounds 2] [--quota 1] [--size 128]
 
 Prints a table and writes benchmarks/results/threads-<time>.json.
 """
@@ -26,6 +29,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +96,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--images", type=int, default=160)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--images", type=int, default=320)  # >= (1 + repeats) x steps x 16: no epoch runs out
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
 
@@ -110,21 +115,37 @@ def main() -> None:
               f"quota: {args.quota or 'none'}; {args.repeats} timed epochs of {args.steps} steps of 16")
         rows = []
         with cpu_quota(args.quota) as group:
-            for setting in args.settings.split(","):
-                row = run_row(setting, group, args.size, data, Path(work) / "cache", args.steps, args.repeats)
-                row["ratio_to_default"] = None
-                rows.append(row)
-                print(f"{setting:>8}: {row['median_images_per_s']:6.2f} images/s "
-                      f"(epochs {', '.join(f'{r:.2f}' for r in row['images_per_s'])}), "
-                      f"first step {row['first_step_s']:.0f} s")
-    default = next((r for r in rows if r["setting"] == "default"), None)
-    for row in rows:
-        if default:
-            row["ratio_to_default"] = row["median_images_per_s"] / default["median_images_per_s"]
-    print("\n".join(f"{r['setting']:>8}: {r['ratio_to_default']:.2f}x default" for r in rows if default))
+            for round_ in range(1, args.rounds + 1):
+                for setting in args.settings.split(","):
+                    row = run_row(setting, group, args.size, data, Path(work) / "cache", args.steps, args.repeats)
+                    rows.append({"round": round_, **row})
+                    print(f"round {round_} {setting:>8}: {row['median_images_per_s']:6.2f} images/s "
+                          f"(epochs {', '.join(f'{r:.2f}' for r in row['images_per_s'])}), "
+                          f"first step {row['first_step_s']:.0f} s", flush=True)
+    summary = summarise(rows, args.settings.split(","))
+    for setting, figures in summary.items():
+        ratio = figures["ratio_to_default"]
+        print(f"{setting:>8}: {figures['median_images_per_s']:6.2f} images/s (rounds "
+              f"{', '.join(f'{r:.2f}' for r in figures['rounds'])})"
+              + (f", {ratio:.2f}x default (per round {', '.join(f'{r:.2f}' for r in figures['ratios'])})"
+                 if ratio else ""))
     save_result(args.out, "threads", {"benchmark": "threads", "image_size": args.size, "quota_cpus": args.quota,
                                       "affinity_cpus": len(os.sched_getaffinity(0)), "steps": args.steps,
-                                      "repeats": args.repeats, "machine": machine_info(), "rows": rows})
+                                      "repeats": args.repeats, "rounds": args.rounds, "machine": machine_info(),
+                                      "summary": summary, "rows": rows})
+
+
+def summarise(rows: list[dict], settings: list[str]) -> dict[str, dict]:
+    """Per setting: the median over rounds, and the median of the per-round ratios to `default`."""
+    default = {r["round"]: r["median_images_per_s"] for r in rows if r["setting"] == "default"}
+    summary = {}
+    for setting in settings:
+        mine = [r for r in rows if r["setting"] == setting]
+        ratios = [r["median_images_per_s"] / default[r["round"]] for r in mine if r["round"] in default]
+        summary[setting] = {"median_images_per_s": statistics.median(r["median_images_per_s"] for r in mine),
+                            "rounds": [r["median_images_per_s"] for r in mine], "ratios": ratios,
+                            "ratio_to_default": statistics.median(ratios) if ratios else None}
+    return summary
 
 
 if __name__ == "__main__":

@@ -340,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.command in MODEL_COMMANDS:
+        from cxr import threads
+
+        threads.configure()  # before TensorFlow starts (and before a re-execution, which inherits it)
     if program and args.command in MODEL_COMMANDS:
         from cxr.allocator import reexec_with_allocator
 

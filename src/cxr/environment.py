@@ -82,11 +82,12 @@ def cpu() -> dict[str, object]:
 
 def record() -> dict[str, object]:
     """What a run's config.yaml and every evaluation and benchmark keep: the software, the memory
-    allocator the process runs with (see cxr.allocator) and the CPU.
+    allocator the process runs with (see cxr.allocator), the CPU, and the threads (cxr.threads).
     """
+    from cxr import threads
     from cxr.allocator import active
 
-    return {**software(), "allocator": active(), "cpu": cpu()}
+    return {**software(), "allocator": active(), "cpu": cpu(), "threads": threads.record()}
 
 
 def version_line() -> str:
