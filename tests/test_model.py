@@ -125,3 +125,29 @@ def test_predict_array_agrees_with_model_predict_in_uneven_batches():
     assert probabilities.shape == (21, 3)
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     assert predict_array(model, images[:0]).shape == (0, 3)
+
+
+class ShapeRecorder:
+    """predict_on_batch of a model whose output for an image is its mean pixel (and a second column)."""
+
+    output_shape = (None, 2)
+
+    def __init__(self):
+        self.shapes: list[tuple[int, ...]] = []
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        self.shapes.append(batch.shape)
+        means = batch.reshape(len(batch), -1).mean(axis=1)
+        return np.stack([means, -means], axis=1)
+
+
+def test_predict_array_calls_the_model_with_one_shape_and_returns_one_row_per_image():
+    from cxr.model import predict_array
+
+    images = np.arange(70 * 4, dtype=np.uint8).reshape(70, 2, 2, 1)
+    model = ShapeRecorder()
+    outputs = predict_array(model, images, batch_size=32)
+    assert model.shapes == [(32, 2, 2, 1)] * 3  # the last 6 images padded to 32: one compiled program
+    np.testing.assert_array_equal(outputs[:, 0], images.reshape(70, -1).mean(axis=1))
+    few = ShapeRecorder()
+    assert predict_array(few, images[:5], batch_size=32).shape == (5, 2) and few.shapes == [(5, 2, 2, 1)]

@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, log_loss
 
 from cxr import files
+from cxr.backend import enable_compilation_cache
 from cxr.config import Config
 from cxr.data.batches import label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
@@ -84,6 +85,7 @@ def evaluate_run(
     run = Run(run_dir)
     config, split = run.config(), run.split()
     _check_dataset(run, split, config, images)
+    _use_compilation_cache(run, config)
     model = load_model(run.model_path)
     predictions, test_images = predict_splits(run, model, config, split, splits=splits, images=images,
                                               batch_size=batch_size, progress=progress, echo=echo)
@@ -113,6 +115,13 @@ def _check_dataset(run: Run, split: Split, config: Config, images: dict[str, np.
         raise DatasetError(f"the dataset folder of {run} is not found: {root}"
                            + (" (recorded relative to the folder the run was trained from: run cxr from there)"
                               if not root.is_absolute() else ""))
+
+
+def _use_compilation_cache(run: Run, config: Config) -> None:
+    """JAX: load the predict programs training compiled (in the run's cache folder) instead of compiling them."""
+    cache_dir = resolve_cache_dir(config.cache_dir, run.path.parent)
+    if cache_dir is not None:
+        enable_compilation_cache(cache_dir / "xla")
 
 
 def predict_splits(run: Run, model: keras.Model, config: Config, split: Split, *, splits: tuple[str, ...],
