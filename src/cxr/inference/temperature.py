@@ -43,7 +43,10 @@ def require_temperature(model_path: str | os.PathLike) -> tuple[float, Path]:
         return found
     model_path = Path(model_path)
     run = Run.containing(model_path)
+    if run is None:  # a copied model file: the temperature lives in its run's evaluations
+        raise UserError(f"no temperature for {model_path}: it is not in a run folder, where evaluations keep "
+                        "the temperature they fit; predict from the model inside its run, or leave out --calibrated")
     why = ("every calibration.json there was fitted for another version of the model"
-           if run and run.calibration_files() else "no evaluation of it has fitted one")
+           if run.calibration_files() else "no evaluation of it has fitted one")
     raise UserError(f"no temperature for {model_path.with_suffix('.keras')}: {why}; run cxr evaluate "
                     f"{model_path.parent}")
