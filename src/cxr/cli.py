@@ -342,12 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in MODEL_COMMANDS:
         from cxr import threads
-
-        threads.configure()  # before TensorFlow starts (and before a re-execution, which inherits it)
-    if program and args.command in MODEL_COMMANDS:
         from cxr.allocator import reexec_with_allocator
 
-        reexec_with_allocator(argv)
+        threads.configure()  # before TensorFlow starts (and before a re-execution, which inherits it)
+        if program:
+            reexec_with_allocator(argv)
     try:
         return COMMANDS[args.command](args)
     except (UserError, FileNotFoundError, FileExistsError) as error:

@@ -85,7 +85,6 @@ def evaluate_run(
     run = Run(run_dir)
     config, split = run.config(), run.split()
     _check_dataset(run, split, config, images)
-    _use_compilation_cache(run, config)
     model = load_model(run.model_path)
     predictions, test_images = predict_splits(run, model, config, split, splits=splits, images=images,
                                               batch_size=batch_size, progress=progress, echo=echo)
@@ -117,13 +116,6 @@ def _check_dataset(run: Run, split: Split, config: Config, images: dict[str, np.
                               if not root.is_absolute() else ""))
 
 
-def _use_compilation_cache(run: Run, config: Config) -> None:
-    """JAX: load the predict programs training compiled (in the run's cache folder) instead of compiling them."""
-    cache_dir = resolve_cache_dir(config.cache_dir, run.path.parent)
-    if cache_dir is not None:
-        enable_compilation_cache(cache_dir / "xla")
-
-
 def predict_splits(run: Run, model: keras.Model, config: Config, split: Split, *, splits: tuple[str, ...],
                    images: dict[str, np.ndarray] | None, batch_size: int | None, progress: bool,
                    echo) -> tuple[dict[str, Predictions], np.ndarray | None]:
@@ -131,6 +123,8 @@ def predict_splits(run: Run, model: keras.Model, config: Config, split: Split, *
     size = int(model.input_shape[1])
     batch_size = batch_size or max(32, config.batch_size)
     cache_dir = resolve_cache_dir(config.cache_dir, run.path.parent)
+    if cache_dir is not None:  # JAX: load the predict programs training compiled instead of compiling them
+        enable_compilation_cache(cache_dir / "xla")
     predictions, test_images = {}, None
     for name in splits:
         frame = split.frames[name]
