@@ -83,10 +83,14 @@ def test_split_round_trips_through_its_folder(tmp_path, sample_scan):
     split = make_split(sample_scan, seed=3)
     write_split(split, tmp_path / "split")
     assert sorted(p.name for p in (tmp_path / "split").iterdir()) == [
-        "dataset.yaml", "duplicates.csv", "skipped.csv", "test.csv", "train.csv", "val.csv"]
+        "dataset.yaml", "duplicates.csv", "hashes.csv", "skipped.csv", "test.csv", "train.csv", "val.csv"]
     back = read_split(tmp_path / "split")
     for name in SPLITS:
         pd.testing.assert_frame_equal(back.frames[name], split.frames[name], check_dtype=False)
     assert back.root == str(sample_scan.root) and back.classes == sample_scan.classes
+    # The hashes the leakage check of an external evaluation compares against: every image's, as scanned.
+    pd.testing.assert_frame_equal(back.hashes.sort_values("file").reset_index(drop=True),
+                                  sample_scan.images[["file", "md5", "phash"]].sort_values("file")
+                                  .reset_index(drop=True))
     header = (tmp_path / "split" / "train.csv").read_text().splitlines()[0]
     assert header == "file,label,group"

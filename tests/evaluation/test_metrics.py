@@ -80,3 +80,16 @@ def test_clinical_metrics_is_json_ready_with_nulls_for_undefined_values():
     assert result["overall"]["cohen_kappa"]["value"] == pytest.approx(0.5)
     low, high = result["overall"]["accuracy"]["ci_low"], result["overall"]["accuracy"]["ci_high"]
     assert 0 <= low <= 4 / 6 <= high <= 1
+
+
+def test_present_only_reports_and_averages_the_classes_the_set_has():
+    # Classes 0 and 1 present; the model sometimes predicts class 2, which the set lacks.
+    truth = np.array([0, 0, 1, 1])
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.2, 0.1, 0.7], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1]])
+    result = clinical_metrics(truth, probabilities, ["A", "B", "C"], n_resamples=0, present_only=True)
+    assert result["averaged_over"] == ["A", "B"] and list(result["per_class"]) == ["A", "B"]
+    # F1: A = 2*1*0.5/1.5 = 2/3 (precision 1, sensitivity 0.5); B = 1; C (precision 0) is not averaged in.
+    assert result["macro"]["f1"]["value"] == pytest.approx((2 / 3 + 1) / 2)
+    assert result["overall"]["accuracy"]["value"] == pytest.approx(0.75)
+    everything = clinical_metrics(truth, probabilities, ["A", "B", "C"], n_resamples=0)
+    assert everything["averaged_over"] == ["A", "B", "C"] and len(everything["per_class"]) == 3

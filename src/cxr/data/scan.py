@@ -21,7 +21,8 @@ from tqdm import tqdm
 from cxr.data.images import decode_gray, looks_like_image, read_bytes
 from cxr.errors import DatasetError, ImageError
 
-__all__ = ["discover_classes", "IMAGE_COLUMNS", "PHASH_SIZE", "Scan", "scan_dataset", "SKIPPED_COLUMNS"]
+__all__ = ["discover_classes", "IMAGE_COLUMNS", "image_hashes", "perceptual_hash", "PHASH_SIZE", "Scan", "scan_dataset",
+           "SKIPPED_COLUMNS"]
 
 IMAGE_COLUMNS = ["file", "label", "md5", "phash", "height", "width"]
 SKIPPED_COLUMNS = ["file", "label", "reason"]
@@ -87,8 +88,22 @@ def _check_file(path: Path) -> tuple[str, str, int, int]:
     """Decode a file fully; return its md5, perceptual hash and size, or raise ImageError."""
     data = read_bytes(path)
     gray = decode_gray(data, path)
-    phash = str(imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE))
-    return hashlib.md5(data).hexdigest(), phash, gray.shape[0], gray.shape[1]
+    return hashlib.md5(data).hexdigest(), perceptual_hash(gray), gray.shape[0], gray.shape[1]
+
+
+def perceptual_hash(gray) -> str:
+    """The hex DCT hash (PHASH_SIZE squared bits) of a decoded gray image, as splits and leakage checks use."""
+    return str(imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE))
+
+
+def image_hashes(path: str | os.PathLike) -> tuple[str, str]:
+    """md5 of a file's bytes and the perceptual hash of its image.
+
+    Raises:
+        ImageError: the file cannot be read or decoded.
+    """
+    md5, phash, _, _ = _check_file(Path(path))
+    return md5, phash
 
 
 def scan_dataset(
@@ -96,8 +111,21 @@ def scan_dataset(
     classes: list[str] | None = None,
     workers: int | None = None,
     progress: bool = True,
+    min_classes: int = 2,
 ) -> Scan:
-    """Scan a dataset folder; raise DatasetError when it cannot make a classification task."""
+    """Scan a dataset folder; raise DatasetError when it cannot make a classification task.
+
+    Args:
+        root: the dataset folder (or the folder a Kaggle download unpacks to, one level above).
+        classes: the class folders to use (default: every one found).
+        workers: decoding threads (default: one per core, at most 8).
+        progress: show a progress bar.
+        min_classes: fewer class folders are refused (2 to train; 1 for an external evaluation,
+            where a folder of one class is a fair question to ask of a model).
+
+    Returns:
+        The Scan: classes, layout, usable images with their hashes, and skipped files with reasons.
+    """
     # Absolute, so that a run's config.yaml and split still find the images from any working folder.
     root = _resolve_root(Path(os.path.abspath(Path(root).expanduser())))
     found = discover_classes(root)
@@ -109,10 +137,10 @@ def scan_dataset(
                 f"(found: {', '.join(found) or 'none'})"
             )
         found = {name: found[name] for name in classes}
-    if len(found) < 2:
+    if len(found) < min_classes:
         raise DatasetError(
             f"{root} holds {len(found)} class folder(s) ({', '.join(found) or 'none'}); "
-            "at least 2 are needed"
+            f"at least {min_classes} are needed"
         )
 
     jobs = [(name, path) for name, (_, files) in found.items() for path in files]

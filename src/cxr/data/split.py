@@ -23,12 +23,13 @@ from cxr import files
 from cxr.data.scan import SKIPPED_COLUMNS, Scan
 from cxr.errors import DatasetError
 
-__all__ = ["assign_splits", "DUPLICATE_COLUMNS", "duplicate_groups", "make_split", "read_split", "Split",
-           "SPLIT_COLUMNS", "SPLITS", "write_split"]
+__all__ = ["assign_splits", "DUPLICATE_COLUMNS", "duplicate_groups", "HASH_COLUMNS", "hash_words", "make_split",
+           "read_split", "Split", "SPLIT_COLUMNS", "SPLITS", "write_split"]
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["file", "label", "group"]
 DUPLICATE_COLUMNS = ["group", "file", "label", "match", "distance"]
+HASH_COLUMNS = ["file", "md5", "phash"]
 
 
 @dataclass
@@ -40,9 +41,12 @@ class Split:
     skipped: pd.DataFrame  # SKIPPED_COLUMNS: files the scan could not use
     root: str | None  # the dataset folder that `file` paths are relative to
     classes: list[str] | None  # class names in model output order
+    # HASH_COLUMNS of every image, for the leakage check of an external evaluation; None for a split
+    # written before cxr kept them (the check then hashes the run's images again).
+    hashes: pd.DataFrame | None = None
 
 
-def _hash_words(phashes: pd.Series) -> np.ndarray:
+def hash_words(phashes: pd.Series) -> np.ndarray:
     """Hex perceptual hashes as rows of uint64 words, for vectorised Hamming distances."""
     return np.stack([np.frombuffer(bytes.fromhex(h), dtype=">u8").astype(np.uint64) for h in phashes])
 
@@ -71,7 +75,7 @@ def duplicate_groups(images: pd.DataFrame, max_distance: int) -> tuple[np.ndarra
     n = len(images)
     if n == 0:
         return np.zeros(0, dtype=int), pd.DataFrame(columns=DUPLICATE_COLUMNS)
-    words = _hash_words(images["phash"])
+    words = hash_words(images["phash"])
     firsts, seconds = [np.zeros(0, dtype=int)], [np.zeros(0, dtype=int)]
     if max_distance >= 0:
         i, j = _near_pairs(words, max_distance)
@@ -155,16 +159,18 @@ def make_split(
     table = images.assign(group=groups)[SPLIT_COLUMNS]
     frames = {name: table[names == name].reset_index(drop=True) for name in SPLITS}
     return Split(frames=frames, duplicates=duplicates, skipped=scan.skipped, root=str(scan.root),
-                 classes=list(scan.classes))
+                 classes=list(scan.classes), hashes=images[HASH_COLUMNS].copy())
 
 
 def write_split(split: Split, folder: str | os.PathLike) -> Path:
-    """Write train/val/test.csv, duplicates.csv, skipped.csv and dataset.yaml into folder."""
+    """Write train/val/test.csv, duplicates.csv, skipped.csv, hashes.csv (when known) and dataset.yaml."""
     folder = Path(folder)
     for name, frame in split.frames.items():
         files.write_csv(folder / f"{name}.csv", frame)
     files.write_csv(folder / "duplicates.csv", split.duplicates)
     files.write_csv(folder / "skipped.csv", split.skipped)
+    if split.hashes is not None:
+        files.write_csv(folder / "hashes.csv", split.hashes)
     files.write_text(folder / "dataset.yaml", yaml.safe_dump({"root": split.root, "classes": split.classes},
                                                              sort_keys=False))
     return folder
@@ -197,4 +203,6 @@ def read_split(folder: str | os.PathLike) -> Split:
         skipped=_read_optional(folder / "skipped.csv", SKIPPED_COLUMNS),
         root=(dataset or {}).get("root"),
         classes=(dataset or {}).get("classes"),
+        hashes=(pd.read_csv(folder / "hashes.csv", dtype=str)[HASH_COLUMNS]
+                if (folder / "hashes.csv").is_file() else None),
     )

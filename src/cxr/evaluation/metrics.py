@@ -41,13 +41,18 @@ def _nanmean(values: np.ndarray, weights: np.ndarray | None = None) -> float:
     return float(np.average(values[keep], weights=weights[keep]))
 
 
-def point_metrics(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+def point_metrics(truth: np.ndarray, probabilities: np.ndarray,
+                  averaged: np.ndarray | None = None) -> dict[str, float]:
     """Every metric as a flat {name: value}: `accuracy`, ..., `<metric>/<class index>`, `macro/<metric>`,
     `weighted/<metric>` (weighted by each class's number of true cases).
+
+    `averaged` (class indices, default all) are the classes the macro and weighted averages run over:
+    an external set with some of the model's classes averages over those, not over classes it lacks.
     """
     truth = np.asarray(truth)
     n_classes = probabilities.shape[1]
     labels = np.arange(n_classes)
+    averaged = labels if averaged is None else np.asarray(averaged)
     predicted = probabilities.argmax(axis=1)
     matrix = confusion_matrix(truth, predicted, labels=labels)
     support = matrix.sum(axis=1)
@@ -80,8 +85,8 @@ def point_metrics(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, flo
     for name, column in per_class.items():
         column = np.asarray(column, dtype=float)
         values.update({f"{name}/{k}": float(column[k]) for k in labels})
-        values[f"macro/{name}"] = _nanmean(column)
-        values[f"weighted/{name}"] = _nanmean(column, support.astype(float))
+        values[f"macro/{name}"] = _nanmean(column[averaged])
+        values[f"weighted/{name}"] = _nanmean(column[averaged], support[averaged].astype(float))
     return values
 
 
@@ -96,10 +101,10 @@ def stratified_resamples(truth: np.ndarray, n_resamples: int, seed: int) -> np.n
 
 
 def bootstrap_intervals(truth: np.ndarray, probabilities: np.ndarray, n_resamples: int = 1000, seed: int = 0,
-                        level: float = 0.95) -> dict[str, tuple[float, float]]:
+                        level: float = 0.95, averaged: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
     """Percentile intervals of every metric over stratified bootstrap resamples."""
     truth = np.asarray(truth)
-    samples = [point_metrics(truth[rows], probabilities[rows])
+    samples = [point_metrics(truth[rows], probabilities[rows], averaged)
                for rows in stratified_resamples(truth, n_resamples, seed)]
     tail = (1 - level) / 2 * 100
     intervals = {}
@@ -112,23 +117,38 @@ def bootstrap_intervals(truth: np.ndarray, probabilities: np.ndarray, n_resample
 
 
 def clinical_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], n_resamples: int = 1000,
-                     seed: int = 0) -> dict:
-    """Point estimates and 95 % intervals, overall and per class, as JSON-ready nested dicts."""
-    point = point_metrics(truth, probabilities)
-    intervals = bootstrap_intervals(truth, probabilities, n_resamples, seed) if n_resamples else {}
+                     seed: int = 0, present_only: bool = False) -> dict:
+    """Point estimates and 95 % intervals, overall and per class, as JSON-ready nested dicts.
+
+    Args:
+        truth: label indices.
+        probabilities: (N, len(classes)) model outputs.
+        classes: the model's class names, in output order.
+        n_resamples: stratified bootstrap resamples (0: no intervals).
+        seed: their seed.
+        present_only: report only the classes with true cases in `truth`, and average over them (an
+            external folder with a subset of the model's classes); `averaged_over` names them.
+
+    Returns:
+        {"bootstrap", "overall", "macro", "weighted", "per_class", "averaged_over"}.
+    """
+    support = np.bincount(np.asarray(truth), minlength=len(classes))
+    averaged = np.flatnonzero(support > 0) if present_only else np.arange(len(classes))
+    point = point_metrics(truth, probabilities, averaged)
+    intervals = bootstrap_intervals(truth, probabilities, n_resamples, seed, averaged=averaged) if n_resamples else {}
 
     def entry(name: str) -> dict[str, float | None]:
         low, high = intervals.get(name, (float("nan"), float("nan")))
         return {"value": _json_number(point[name]), "ci_low": _json_number(low), "ci_high": _json_number(high)}
 
-    support = np.bincount(np.asarray(truth), minlength=len(classes))
     return {
         "bootstrap": {"resamples": n_resamples, "seed": seed, "level": 0.95, "stratified": True},
+        "averaged_over": [classes[k] for k in averaged],
         "overall": {name: entry(name) for name in OVERALL},
         "macro": {name: entry(f"macro/{name}") for name in PER_CLASS},
         "weighted": {name: entry(f"weighted/{name}") for name in PER_CLASS},
         "per_class": {label: {"support": int(support[k]), **{name: entry(f"{name}/{k}") for name in PER_CLASS}}
-                      for k, label in enumerate(classes)},
+                      for k, label in enumerate(classes) if k in averaged},
     }
 
 
