@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ import yaml
 from helpers import only_run
 
 from cxr import allocator
+from cxr.data.split import read_split
+from cxr.data.synthetic import write_synthetic_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -64,12 +67,38 @@ def test_train_evaluate_predict_on_the_real_sample(sample, tmp_path, backend):
     assert evaluated["splits"]["test"]["accuracy"] == metrics["splits"]["test"]["accuracy"]
     assert evaluated["software"]["allocator"] == "system" and metrics["software"]["allocator"] == expected
 
+    _external_validation(run, tmp_path, backend)
+
     out_csv = tmp_path / "predictions.csv"
     table = cxr("predict", str(run / "model.keras"), str(sample / "Viral Pneumonia" / "images"),
                 "--csv", str(out_csv), backend=backend)
     assert "Viral Pneumonia-" in table
     predicted = pd.read_csv(out_csv)
     assert len(predicted) == 150 and (predicted["error"].isna() | (predicted["error"] == "")).all()
+
+
+def _external_validation(run: Path, tmp_path: Path, backend: str) -> None:
+    """`cxr evaluate RUN --data`: phantoms of two of the run's classes, plus a copy of one of its training
+    images (left out) and of one of its test images (kept), as a user's folder from elsewhere.
+    """
+    root = write_synthetic_dataset(tmp_path / "elsewhere", per_class=4, size=96, seed=5, classes=("COVID", "Normal"))
+    split = read_split(run / "split")
+    train, test = split.frames["train"].iloc[0], split.frames["test"].iloc[0]
+    for kind, row in (("train", train), ("test", test)):
+        folder = root / row["label"] / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(Path(split.root) / row["file"], folder / f"copy-of-{kind}.png")
+    printed = cxr("evaluate", str(run), "--data", str(root), "--name", "elsewhere", "--bootstrap", "100",
+                  backend=backend)
+    out = run / "external-elsewhere"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kind"] == "external" and metrics["external"]["overlap"]["by_split"] == {
+        "train": 1, "val": 0, "test": 1}
+    scored = pd.read_csv(out / "predictions_external.csv")
+    assert len(scored) == 8 + 1 and not scored["file"].str.contains("copy-of-train").any()
+    assert set(metrics["clinical"]["averaged_over"]) <= {"COVID", "Normal"}
+    assert "leakage check: 2 of the 10 external images are copies of run images" in printed
+    assert (out / "report.html").stat().st_size > 50_000  # the figures are embedded
 
 
 def test_demo_beats_chance_clearly(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 from cxr.config import BACKBONES, DISTRIBUTE, PRECISIONS
 from cxr.errors import UserError
 from cxr.inference.engines import ENGINES
+from cxr.inference.tta import TTA_MODES
 
 __all__ = ["build_parser", "main"]
 
@@ -141,8 +142,20 @@ def _add_control_options(train: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluate(commands) -> None:
-    evaluate = commands.add_parser("evaluate", help="evaluate a finished run again")
+    evaluate = commands.add_parser("evaluate", help="evaluate a finished run again, or on a labelled folder from "
+                                                    "elsewhere (--data)")
     evaluate.add_argument("run", help="run folder (runs/<time>-<name>)")
+    evaluate.add_argument("--data", help="external validation: a labelled folder (<Class>/images/* or <Class>/*; PNG, "
+                                         "JPEG, DICOM) outside the run's split; writes RUN/external-<name>/")
+    evaluate.add_argument("--name", help="what to call the --data folder (default: its folder name)")
+    evaluate.add_argument("--keep-overlap", action="store_true",
+                          help="keep --data images that are copies of the run's training or validation images "
+                               "(left out by default; always listed in overlap.csv)")
+    evaluate.add_argument("--target-sensitivity", metavar="CLASS=S,...",
+                          help="sensitivity each class's operating point must reach on val (default 0.95 for "
+                               "every class but Normal; e.g. COVID=0.97,Normal=0.9)")
+    evaluate.add_argument("--tta", choices=TTA_MODES, default="none",
+                          help="flip: average each image's probabilities with its mirror image's")
     evaluate.add_argument("--batch-size", type=int)
     add_bootstrap_options(evaluate)
 
@@ -161,11 +174,18 @@ def _add_predict(commands) -> None:
                               "model fitted on val)")
     predict.add_argument("--precision", choices=PRECISIONS,
                          help="compute precision for the keras engine (default: the model's own)")
+    predict.add_argument("--tta", choices=TTA_MODES, default="none",
+                         help="flip: average each image's probabilities with its mirror image's")
+    predict.add_argument("--operating-points", metavar="RUN_OR_FILE",
+                         help="add positive/negative per class at the thresholds chosen on validation: a run "
+                              "(its newest evaluation of this model) or an operating_points.json")
 
 
 def _add_compare(commands) -> None:
-    compare = commands.add_parser("compare", help="headline test metrics of several runs side by side")
-    compare.add_argument("runs", nargs="+", help="run folders")
+    compare = commands.add_parser("compare", help="headline metrics of runs side by side (test and external); "
+                                                  "two on the same images: a paired comparison")
+    compare.add_argument("runs", nargs="+", help="run folders, or evaluation folders (RUN/eval-2, RUN/external-x)")
+    add_bootstrap_options(compare)
 
 
 def _add_explain(commands) -> None:
@@ -188,6 +208,9 @@ def _add_serve(commands) -> None:
                             "on a GPU, 1 on CPU, where one image already keeps every core busy)")
     serve.add_argument("--batch-window-ms", type=float, default=5.0,
                        help="how long the first request of a batch waits for others (default 5 ms)")
+    serve.add_argument("--operating-points", metavar="RUN_OR_FILE",
+                       help="per-class thresholds to apply to each answer (default: the served run's own, when one "
+                            "of its evaluations chose them for this model)")
 
 
 def _add_export(commands) -> None:
@@ -256,29 +279,56 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    options = dict(batch_size=args.batch_size, bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed,
+                   tta=args.tta)
+    if args.data:
+        from cxr.evaluation.external import evaluate_external
+
+        if args.target_sensitivity:
+            raise UserError("--target-sensitivity chooses thresholds on the run's validation split: give it to "
+                            "cxr evaluate RUN (without --data); an external evaluation uses those")
+        evaluate_external(args.run, args.data, args.name, keep_overlap=args.keep_overlap, **options)
+        return 0
+    if args.name or args.keep_overlap:
+        raise UserError("--name and --keep-overlap go with --data (an external folder)")
     from cxr.evaluation.evaluate import evaluate_run
 
-    evaluate_run(args.run, batch_size=args.batch_size, bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed)
+    evaluate_run(args.run, target_sensitivity=args.target_sensitivity, **options)
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from cxr import files
     from cxr.inference.engines import load_predictor
-    from cxr.inference.predict import format_table, predict_files
+    from cxr.inference.points import load_operating_points
+    from cxr.inference.predict import format_table, operating_points_legend, predict_files
 
     if args.csv and Path(args.csv).exists():
         raise FileExistsError(f"{args.csv} already exists; choose a new file name")
+    if args.calibrated and args.operating_points:
+        raise UserError("--operating-points are thresholds on the model's own probabilities (chosen on them); "
+                        "leave out --calibrated")
     predictor = load_predictor(args.model, args.engine, args.batch_size, precision=args.precision,
-                               echo=lambda text: print(text, file=sys.stderr), calibrated=args.calibrated)
+                               echo=lambda text: print(text, file=sys.stderr), calibrated=args.calibrated,
+                               tta=args.tta)
+    points = load_operating_points(args.operating_points, predictor) if args.operating_points else None
     calibrated = (f", temperature {float(predictor.metadata['temperature']):.3f} from "
                   f"{predictor.metadata['temperature_file']}" if args.calibrated else "")
-    print(f"model: {predictor.path} ({predictor.engine}, {predictor.precision}{calibrated})", file=sys.stderr)
-    frame = predict_files(predictor, args.paths, echo=lambda text: print(text, file=sys.stderr))
+    tta = ", test-time flip" if args.tta == "flip" else ""
+    print(f"model: {predictor.path} ({predictor.engine}, {predictor.precision}{calibrated}{tta})", file=sys.stderr)
+    if points:
+        print(f"operating points: {points[1]}", file=sys.stderr)
+        if points[0].get("tta", "none") != args.tta:
+            print(f"note: these thresholds were chosen with --tta {points[0].get('tta', 'none')}, and this prediction "
+                  f"uses --tta {args.tta}: their sensitivity on validation may not hold", file=sys.stderr)
+    frame = predict_files(predictor, args.paths, echo=lambda text: print(text, file=sys.stderr),
+                          operating_points=points[0] if points else None)
     if frame.empty:
         print("no image files found in the given paths", file=sys.stderr)
         return 1
     print(format_table(frame))
+    if points:
+        print("\n" + "\n".join(operating_points_legend(points[0])))
     if args.csv:
         files.write_csv(args.csv, frame)
         print(f"written to {args.csv}")
@@ -286,10 +336,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from cxr.evaluation.compare import compare_runs
+    from cxr.evaluation.compare import compare
 
-    print(compare_runs(args.runs).to_string())
-    print("\n95 % bootstrap intervals in brackets; metrics on each run's own test split")
+    for line in compare(args.runs, bootstrap=args.bootstrap, bootstrap_seed=args.bootstrap_seed):
+        print(line)
     return 0
 
 
@@ -307,7 +357,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from cxr.serve.app import serve
 
     serve(args.model, args.host, args.port, args.engine, int(args.max_upload_mb * 1024 * 1024), args.max_batch,
-          args.batch_window_ms)
+          args.batch_window_ms, args.operating_points)
     return 0
 
 

@@ -12,6 +12,7 @@ runs/<YYYYmmdd-HHMMSS>-<name>/
                            and state.json (what --resume needs)
   model.keras              the best epoch's model; model.onnx after `cxr export`
   eval/, eval-2/, ...      one folder per evaluation (EvalDir); eval-interrupted/ after a stop
+  external-<name>/         an evaluation on a labelled folder from elsewhere (numbered likewise)
   .lock, .lock.pid         the lock of the process writing the run, and its pid
 ```
 """
@@ -45,7 +46,9 @@ OWNER_FILE = ".lock.pid"  # beside the lock: Windows forbids reading a locked fi
 LEGACY_CALIBRATION = "calibration.json"  # runs evaluated before each evaluation kept its own
 STATE_FORMAT = 1
 EVAL_KINDS = ("eval", "eval-interrupted")
+EXTERNAL_PREFIX = "external-"
 _EVALUATION = re.compile(r"(eval(?:-interrupted)?)(?:-(\d+))?")
+_NUMBER = re.compile(r"-(\d+)$")
 
 
 class RunBusyError(UserError):
@@ -89,12 +92,20 @@ class EvalDir:
     def report(self) -> Path:
         return self.path / "report.html"
 
+    @property
+    def operating_points(self) -> Path:
+        return self.path / "operating_points.json"
+
+    @property
+    def is_external(self) -> bool:
+        return self.name.startswith(EXTERNAL_PREFIX)
+
     def predictions(self, split: str) -> Path:
         return self.path / f"predictions_{split}.csv"
 
     def table(self, name: str) -> Path:
         """A CSV table: confusion_matrix, classification_report, metrics_per_class, metrics_per_source,
-        reliability.
+        reliability, operating_points, overlap (external evaluations).
         """
         return self.path / f"{name}.csv"
 
@@ -113,7 +124,7 @@ class EvalDir:
         """Sort key: the time the evaluation recorded in its metrics.json, else (evaluations written
         before cxr recorded it) the file's modification time; then the folder's number.
         """
-        number = _EVALUATION.fullmatch(self.name).group(2)
+        number = match.group(1) if (match := _NUMBER.search(self.name)) else None  # a tie-breaker only
         evaluated = (self.read_metrics() or {}).get("evaluated")
         if evaluated:
             try:
@@ -317,6 +328,20 @@ class Run:
                  and (p / "metrics.json").is_file()]
         return sorted(found, key=EvalDir.recorded_time, reverse=True)
 
+    def new_external_dir(self, name: str) -> EvalDir:
+        """A new folder for an external evaluation: `external-<name>/`, then `external-<name>-2/`, ...
+
+        Args:
+            name: what the external data is called (letters, digits, `.`, `_`, `-`; others become `-`).
+        """
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "data"
+        return EvalDir(files.new_numbered_dir(self.path / f"{EXTERNAL_PREFIX}{safe}"))
+
+    def external_evaluations(self) -> list[EvalDir]:
+        """The complete external evaluations (with a metrics.json), newest first."""
+        found = [EvalDir(p) for p in self.path.glob(f"{EXTERNAL_PREFIX}*") if (p / "metrics.json").is_file()]
+        return sorted(found, key=EvalDir.recorded_time, reverse=True)
+
     def latest_eval(self) -> EvalDir | None:
         """The newest complete evaluation of the finished model (not one of an interrupted training)."""
         found = self.evaluations(interrupted=False)
@@ -345,6 +370,21 @@ class Run:
             if digest and record.get("model_sha256") and record["model_sha256"] != digest:
                 continue
             return float(record["temperature"]), path
+        return None
+
+    def operating_points(self, model_path: str | os.PathLike | None = None) -> tuple[dict[str, Any], Path] | None:
+        """The operating points (per-class thresholds chosen on val) of the newest evaluation of this very
+        model file, and their file; None when no evaluation chose them for it.
+
+        Args:
+            model_path: the model file (default model.keras); matched by SHA-256 as for temperature().
+        """
+        keras_path = Path(model_path or self.model_path).with_suffix(".keras")
+        digest = files.sha256(keras_path) if keras_path.is_file() else None
+        for evaluation in self.evaluations():
+            points = _read_json(evaluation.operating_points)
+            if points is not None and (not digest or points.get("model_sha256") in (None, digest)):
+                return points, evaluation.operating_points
         return None
 
     def calibration_files(self) -> list[Path]:

@@ -3,6 +3,9 @@
 import json
 import shutil
 
+import pandas as pd
+import pytest
+
 from cxr.cli import main
 from cxr.evaluation.compare import compare_runs
 
@@ -25,3 +28,41 @@ def test_compare_reads_the_newest_evaluation_of_each_run(tiny_run, tmp_path, cap
     assert "0.500 (0.250-0.750)" in capsys.readouterr().out
     assert main(["compare", str(tmp_path)]) == 2
     assert "no evaluation with metrics.json" in capsys.readouterr().err
+
+
+def _evaluation(folder, files, truth, predicted, classes=("COVID", "Normal")):
+    """An evaluation folder with a metrics.json and the predictions the paired comparison reads."""
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"splits": {"test": {"images": len(files)}}, "classes": classes}))
+    pd.DataFrame({"file": files, "true_label": truth, "predicted_label": predicted,
+                  "correct": [t == p for t, p in zip(truth, predicted, strict=True)]}).to_csv(
+        folder / "predictions_test.csv", index=False)
+    return folder
+
+
+def test_two_evaluations_of_the_same_images_get_a_paired_comparison(tmp_path, capsys):
+    from scipy.stats import binomtest
+
+    files = [f"img{i:03d}.png" for i in range(100)]
+    truth = ["COVID"] * 50 + ["Normal"] * 50
+    wrong = {"COVID": "Normal", "Normal": "COVID"}
+    # A wrong on 0-19, B wrong on 0-9 and 90-91: A right and B wrong on 2, A wrong and B right on 10.
+    a = [wrong[t] if i < 20 else t for i, t in enumerate(truth)]
+    b = [wrong[t] if i < 10 or i in (90, 91) else t for i, t in enumerate(truth)]
+    first = _evaluation(tmp_path / "runA" / "eval", files, truth, a)
+    second = _evaluation(tmp_path / "runB" / "eval", files[::-1], truth[::-1], b[::-1])  # order does not matter
+    assert main(["compare", str(first), str(second), "--bootstrap", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "paired comparison of runA/eval and runB/eval on the same 100 images:" in printed
+    assert "both right 78, only runA/eval right 2, only runB/eval right 10, both wrong 10" in printed
+    p = binomtest(2, 12, 0.5).pvalue
+    assert f"p = {p:.3g}" in printed and p == pytest.approx(0.0386, abs=1e-4)
+    assert "accuracy: runA/eval 0.800, runB/eval 0.880, runB/eval - runA/eval +0.080" in printed
+
+    other = _evaluation(tmp_path / "runC" / "eval", files[:90] + [f"new{i}.png" for i in range(10)],
+                        truth, b)
+    assert main(["compare", str(first), str(other)]) == 0
+    printed = capsys.readouterr().out
+    assert "no paired comparison of runA/eval and runC/eval: the image sets differ: 10 images only in runA/eval" \
+        in printed
+    assert "compare the unpaired table above" in printed

@@ -31,6 +31,10 @@ def test_upload_shows_probabilities_the_overlay_and_the_notice(server, sample, t
         assert page.inner_text("#predicted").startswith("Predicted: ")
         assert page.locator(".bar").count() == 4
         assert page.evaluate("document.getElementById('overlay').naturalWidth") > 0
+        calls = page.locator("#points li").all_inner_texts()  # the run's operating points, all but Normal
+        assert [call.split(":")[0] for call in calls] == ["COVID", "Lung_Opacity", "Viral Pneumonia"]
+        assert all(" at threshold " in call and "on validation" in call for call in calls)
+        assert "on the model's own, uncalibrated probabilities" in page.inner_text("#points-note")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"})
         page.wait_for_function("document.getElementById('error').textContent.length > 0")

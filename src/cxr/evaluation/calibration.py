@@ -17,8 +17,8 @@ from scipy.optimize import minimize_scalar
 from cxr import files
 from cxr.inference.temperature import apply_temperature
 
-__all__ = ["calibration_record", "expected_calibration_error", "fit_temperature", "negative_log_likelihood",
-           "reliability_bins", "reliability_tables", "save_temperature"]
+__all__ = ["applied_record", "calibration_record", "ece_pair", "expected_calibration_error", "fit_temperature",
+           "negative_log_likelihood", "reliability_bins", "reliability_tables", "save_temperature"]
 
 _TINY = 1e-12
 
@@ -86,3 +86,25 @@ def reliability_tables(truth: np.ndarray, probabilities: np.ndarray,
 def save_temperature(path: str | os.PathLike, record: dict) -> Path:
     """Keep an evaluation's temperature in its own folder; an earlier evaluation's is never overwritten."""
     return files.write_json(path, record)
+
+
+def ece_pair(record: dict) -> tuple[float, float]:
+    """(ECE before, ECE after) of a calibration record: an evaluation's own (`test_ece_*`, temperature
+    fitted on its val split) or an external one's (`ece_*`, the run's temperature applied, not refitted).
+    """
+    if "test_ece_before" in record:
+        return record["test_ece_before"], record["test_ece_after"]
+    return record["ece_before"], record["ece_after"]
+
+
+def applied_record(truth: np.ndarray, probabilities: np.ndarray, temperature: float, source: str) -> dict:
+    """The calibration of another set under a temperature fitted elsewhere (an external evaluation
+    measures the run's own temperature; refitting it on the data being judged would flatter it).
+    """
+    scaled = apply_temperature(probabilities, temperature)
+    return {"temperature": float(temperature), "fitted_on": "the run's validation split (not refitted here)",
+            "source": source,
+            "ece_before": expected_calibration_error(truth, probabilities),
+            "ece_after": expected_calibration_error(truth, scaled),
+            "nll_before": negative_log_likelihood(truth, probabilities),
+            "nll_after": negative_log_likelihood(truth, scaled)}

@@ -19,23 +19,23 @@ def _save(figure: Figure, path: Path) -> Path:
     return files.write_with(path, lambda tmp: figure.savefig(tmp, dpi=110))
 
 
-def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) -> Path:
+def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path, scored: str = "test") -> Path:
     """Counts on the left, rows normalised to recall on the right."""
     figure = Figure(figsize=(13, 5.5))
     axes = figure.subplots(1, 2)
     ConfusionMatrixDisplay(matrix, display_labels=classes).plot(
         ax=axes[0], cmap="Blues", colorbar=False, xticks_rotation=30, values_format="d")
-    axes[0].set_title("Test set: counts")
+    axes[0].set_title(f"{scored.capitalize()} set: counts")
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = np.nan_to_num(matrix / matrix.sum(axis=1, keepdims=True))
     ConfusionMatrixDisplay(normalised, display_labels=classes).plot(
         ax=axes[1], cmap="Blues", colorbar=False, xticks_rotation=30, values_format=".2f")
-    axes[1].set_title("Test set: fraction of each true class")
+    axes[1].set_title(f"{scored.capitalize()} set: fraction of each true class")
     return _save(figure, path)
 
 
 def plot_reliability(before: pd.DataFrame, after: pd.DataFrame, ece: tuple[float, float], temperature: float,
-                     path: Path) -> Path:
+                     path: Path, scored: str = "test") -> Path:
     """Accuracy against confidence per bin, before and after temperature scaling, with case counts."""
     figure = Figure(figsize=(11, 5))
     axes = figure.subplots(1, 2)
@@ -51,7 +51,7 @@ def plot_reliability(before: pd.DataFrame, after: pd.DataFrame, ece: tuple[float
                         ha="center", va="bottom", fontsize=7)
         ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence (top probability)", ylabel="accuracy", title=title)
         ax.legend(loc="upper left")
-    figure.suptitle("Test set reliability (numbers: cases per bin)")
+    figure.suptitle(f"{scored.capitalize()} set reliability (numbers: cases per bin)")
     return _save(figure, path)
 
 
@@ -69,8 +69,9 @@ def plot_training_curves(history: pd.DataFrame, path: Path) -> Path:
     return _save(figure, path)
 
 
-def plot_roc_pr(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], path: Path) -> Path:
-    """One-vs-rest ROC and precision-recall curves per class (classes without test cases are left out)."""
+def plot_roc_pr(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], path: Path,
+                scored: str = "test") -> Path:
+    """One-vs-rest ROC and precision-recall curves per class (classes without cases in the set are left out)."""
     from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
     figure = Figure(figsize=(12, 5))
@@ -82,8 +83,8 @@ def plot_roc_pr(truth: np.ndarray, probabilities: np.ndarray, classes: list[str]
         RocCurveDisplay.from_predictions(positives, probabilities[:, k], name=name, ax=axes[0])
         PrecisionRecallDisplay.from_predictions(positives, probabilities[:, k], name=name, ax=axes[1])
     axes[0].plot([0, 1], [0, 1], "--", color="gray")
-    axes[0].set_title("Test set ROC, one class against the rest")
-    axes[1].set_title("Test set precision-recall")
+    axes[0].set_title(f"{scored.capitalize()} set ROC, one class against the rest")
+    axes[1].set_title(f"{scored.capitalize()} set precision-recall")
     return _save(figure, path)
 
 

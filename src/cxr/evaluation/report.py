@@ -15,6 +15,7 @@ import pandas as pd
 import yaml
 
 from cxr import files
+from cxr.evaluation.calibration import ece_pair
 from cxr.evaluation.metrics import HEADLINE, PER_CLASS, format_interval
 from cxr.run import EvalDir
 
@@ -22,10 +23,10 @@ __all__ = ["build_report", "write_report"]
 
 FIGURES = [
     ("training_curves", "Training curves: loss, accuracy and learning rate per epoch"),
-    ("confusion_matrix", "Confusion matrix of the test set"),
-    ("roc_pr", "ROC and precision-recall curves per class (test set)"),
-    ("reliability", "Reliability diagram before and after temperature scaling (test set)"),
-    ("gradcam", "Grad-CAM of the most confident right and wrong test predictions"),
+    ("confusion_matrix", "Confusion matrix of the {scored} set"),
+    ("roc_pr", "ROC and precision-recall curves per class ({scored} set)"),
+    ("reliability", "Reliability diagram before and after temperature scaling ({scored} set)"),
+    ("gradcam", "Grad-CAM of the most confident right and wrong {scored} predictions"),
 ]
 METRIC_NAMES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "precision": "Precision", "f1": "F1",
                 "roc_auc": "ROC AUC", "pr_auc": "PR AUC"}
@@ -90,22 +91,86 @@ def _dataset_section(split) -> str:
     return text
 
 
+def _title(metrics: dict) -> str:
+    if metrics.get("kind") == "external":
+        return f"cxr external validation: {metrics['external']['name']} (run {metrics['run']})"
+    return f"cxr evaluation: {metrics['run']}"
+
+
+def _external_section(metrics: dict) -> str:
+    """Where the images came from, what was left out and why, and what the numbers cover."""
+    described, clinical = metrics["external"], metrics["clinical"]
+    overlap = described["overlap"]
+    text = (f"<p>The model of run {_e(metrics['run'])} on {described['images_found']} labelled images from "
+            f"<code>{_e(described['data'])}</code>, which are not part of the run's split. "
+            f"{described['unreadable']} unreadable file(s) left out (skipped.csv).</p>"
+            f'<p class="{"warning" if overlap["found"] else ""}">Leakage check: {_e(overlap["summary"])}.</p>')
+    if len(clinical["averaged_over"]) < len(metrics["classes"]):
+        text += (f'<p class="warning">The folder has {len(clinical["averaged_over"])} of the model\'s '
+                 f'{len(metrics["classes"])} classes: per-class metrics and macro averages cover '
+                 f'{_e(", ".join(clinical["averaged_over"]))} only; predictions of the other classes count as '
+                 "errors.</p>")
+    rows = [[_e(label), str(n)] for label, n in described["per_class"].items()]
+    return text + _table(["class", "images scored"], rows)
+
+
+def _operating_points_section(block: dict | None) -> str:
+    """Per-class thresholds chosen on validation and what they give on the scored set."""
+    if not block:
+        return ""
+    chosen, scored = block["chosen"], block["scored_on"]
+    rows = []
+    for name, point in chosen["classes"].items():
+        result = block["results"]["classes"].get(name)
+        threshold = "n/a" if point["threshold"] is None else f"{point['threshold']:.3f}"
+        on_val = ("n/a" if point["sensitivity"] is None
+                  else f"{point['sensitivity']:.3f} of {point['positives']}")
+        measured = ([_interval(result[m]) if result[m]["value"] is not None else "undefined"
+                     for m in ("sensitivity", "specificity", "ppv", "npv")] if result else ["", "", "", ""])
+        rows.append([_e(name), f"{point['target_sensitivity']:.2f}", threshold, on_val, *measured])
+    notes = [point["note"] for point in chosen["classes"].values() if point.get("note")] + [block.get("note")]
+    return (f"<h2>Operating points ({_e(scored)} set)</h2><p>Each class's threshold is {_e(chosen['rule'])}. "
+            f"Sensitivity, specificity, PPV and NPV are then measured on the {_e(scored)} set, one class against "
+            "the rest (an image can be positive for several classes), with 95 % bootstrap intervals.</p>"
+            + "".join(f'<p class="warning">{_e(note)}</p>' for note in notes if note)
+            + _table(["class", "target sensitivity", "threshold", "sensitivity on validation (positives)",
+                      "sensitivity", "specificity", "PPV", "NPV"], rows))
+
+
 def build_report(metrics: dict, config: dict, split, eval_dir: EvalDir) -> str:
-    """The page's HTML for an evaluation whose figures are already written to `eval_dir`."""
-    parts = [f"<h1>cxr evaluation: {_e(metrics['run'])}</h1>",
+    """The page's HTML for an evaluation whose figures are already written to `eval_dir`.
+
+    Args:
+        metrics: the evaluation's metrics.json content (an external one has `kind: external`).
+        config: the run's settings.
+        split: the run's split (its dataset section), or None for an external evaluation.
+        eval_dir: the folder with the figures.
+
+    Returns:
+        The HTML text.
+    """
+    scored = metrics.get("scored", "test")
+    parts = [f"<h1>{_e(_title(metrics))}</h1>",
              '<p class="notice">Research use only. This is not a medical device and must not be used for '
              "diagnosis or treatment decisions.</p>"]
+    if metrics.get("kind") == "external":
+        parts.append(_external_section(metrics))
     clinical = metrics.get("clinical")
     if clinical:
         calibration = metrics.get("calibration")
         headline = [[label[0].upper() + label[1:], _interval(clinical[group][name])] for label, group, name in HEADLINE]
         if calibration:
-            headline.append(["Expected calibration error", f"{calibration['test_ece_before']:.3f} &rarr; "
-                             f"{calibration['test_ece_after']:.3f} (temperature {calibration['temperature']:.3f})"])
+            before, after = ece_pair(calibration)
+            refit = "" if "test_ece_before" in calibration else ", the run's, not refitted on these images"
+            headline.append(["Expected calibration error", f"{before:.3f} &rarr; {after:.3f} (temperature "
+                             f"{calibration['temperature']:.3f}{refit})"])
         boot = clinical["bootstrap"]
-        parts += [f"<h2>Test set: {metrics['splits']['test']['images']} images</h2>",
+        tta = "" if metrics.get("tta", "none") == "none" else (" Probabilities are the mean over each image and its "
+                                                                "mirror image (test-time flip).")
+        parts += [f"<h2>{_e(scored.capitalize())} set: {metrics['splits'][scored]['images']} images</h2>",
                   f"<p>95 % intervals from {boot['resamples']} stratified bootstrap resamples (seed "
-                  f"{boot['seed']}).</p>", _table(["metric", "value (95 % CI)"], headline, "headline")]
+                  f"{boot['seed']}).{tta}</p>", _table(["metric", "value (95 % CI)"], headline, "headline")]
+    parts.append(_operating_points_section(metrics.get("operating_points")))
     audit = metrics.get("sources")
     if audit:
         parts.append("<h2>Sources</h2>")
@@ -113,7 +178,7 @@ def build_report(metrics: dict, config: dict, split, eval_dir: EvalDir) -> str:
             parts.append(f"<p>{_e(audit['note'])}</p>")
         else:
             parts += [f'<p class="warning">{_e(w)}</p>' for w in audit["warnings"]]
-            parts.append(_table(["source", "test images", "accuracy"],
+            parts.append(_table(["source", f"{scored} images", "accuracy"],
                                 [[_e(s), str(v["images"]), f"{v['accuracy']:.3f}"]
                                  for s, v in audit["per_source"].items()]))
             parts.append(_table(["class", "source", "images", "sensitivity"],
@@ -124,21 +189,23 @@ def build_report(metrics: dict, config: dict, split, eval_dir: EvalDir) -> str:
                 for label, values in clinical["per_class"].items()]
         rows += [[f"<i>{kind} average</i>", "", *(_interval(clinical[kind][m]) for m in PER_CLASS)]
                  for kind in ("macro", "weighted")]
-        parts += ["<h2>Per class (test set)</h2>",
+        parts += [f"<h2>Per class ({_e(scored)} set)</h2>",
                   _table(["class", "support", *(METRIC_NAMES[m] for m in PER_CLASS)], rows)]
     parts.append("<h2>Loss and accuracy per split</h2>" + _table(
         ["split", "images", "loss", "accuracy"],
         [[_e(name), str(v["images"]), f"{v['loss']:.4f}", f"{v['accuracy']:.4f}"]
          for name, v in metrics["splits"].items()]))
     parts.append("<h2>Figures</h2>")
-    parts += [_image(eval_dir.figure(name), caption) for name, caption in FIGURES if eval_dir.figure(name).is_file()]
-    parts.append(_dataset_section(split))
+    parts += [_image(eval_dir.figure(name), caption.format(scored=scored)) for name, caption in FIGURES
+              if eval_dir.figure(name).is_file()]
+    if split is not None:
+        parts.append(_dataset_section(split))
     if metrics.get("training"):
         parts.append("<h2>Training</h2><p>" + _e(", ".join(f"{k}: {v}" for k, v in metrics["training"].items()))
                      + "</p>")
     parts.append("<h2>Configuration</h2><pre>" + _e(yaml.safe_dump(config, sort_keys=False)) + "</pre>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>cxr evaluation: {_e(metrics['run'])}</title><style>{STYLE}</style>"
+            f"<title>{_e(_title(metrics))}</title><style>{STYLE}</style>"
             f"<script>{SCRIPT}</script></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 

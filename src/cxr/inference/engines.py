@@ -17,6 +17,7 @@ import numpy as np
 
 from cxr import files
 from cxr.errors import UserError
+from cxr.inference.tta import check_tta, with_tta
 from cxr.run import Run
 
 __all__ = ["ENGINES", "keras_predictor", "load_predictor", "model_classes", "onnx_predictor", "Predictor"]
@@ -98,6 +99,7 @@ def load_predictor(
     precision: str | None = None,
     echo: Callable[[str], None] = print,
     calibrated: bool = False,
+    tta: str | None = None,
 ) -> Predictor:
     """Load a model to predict with.
 
@@ -109,6 +111,7 @@ def load_predictor(
         echo: where notes go (an export older than the model, say).
         calibrated: temperature-scale the probabilities with the temperature the newest evaluation of
             this model fitted (its `eval*/calibration.json`, named in `metadata["temperature_file"]`).
+        tta: "flip": average each image's probabilities with its mirror image's (`metadata["tta"]`).
 
     Returns:
         The Predictor: predict(uint8 (N, size, size, 1)) -> probabilities, with classes and size.
@@ -117,6 +120,9 @@ def load_predictor(
         UserError: an unknown engine, an unusable model file, or no temperature for `calibrated`.
     """
     predictor = _load_predictor(model, engine, batch_size, precision, echo)
+    if check_tta(tta) != "none":
+        predictor = dataclasses.replace(predictor, predict=with_tta(predictor.predict, tta),
+                                        metadata={**predictor.metadata, "tta": tta})
     if not calibrated:
         return predictor
     from cxr.inference.temperature import apply_temperature, require_temperature

@@ -12,8 +12,9 @@ import pandas as pd
 from cxr.data.images import load_image, looks_like_image
 from cxr.errors import ImageError
 from cxr.inference.engines import Predictor, load_predictor
+from cxr.inference.points import decide
 
-__all__ = ["find_images", "format_table", "FoundImages", "predict_files"]
+__all__ = ["call_column", "find_images", "format_table", "FoundImages", "operating_points_legend", "predict_files"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ def predict_files(
     batch_size: int = 32,
     engine: str = "auto",
     echo=None,
+    operating_points: dict | None = None,
 ) -> pd.DataFrame:
     """Class probabilities for image files and folders; unreadable files are reported, not fatal.
 
@@ -73,10 +75,12 @@ def predict_files(
         batch_size: images per model call, when `model` is loaded here.
         engine: auto, keras or onnx, when `model` is loaded here.
         echo: if given, told what the walk of the folders found (how many files, how many not images).
+        operating_points: per-class thresholds (cxr.inference.points): adds a column `<class>@<threshold>`
+            per class that has one, "positive" or "negative", beside the argmax answer.
 
     Returns:
-        One row per file: predicted class, its probability, every class probability, and an `error`
-        column that says why a file could not be read (its probabilities are empty).
+        One row per file: predicted class, its probability, every class probability, the operating-point
+        calls, and an `error` column that says why a file could not be read (its probabilities are empty).
     """
     if not isinstance(model, Predictor):
         model = load_predictor(model, engine, batch_size)
@@ -103,7 +107,28 @@ def predict_files(
     frame.insert(2, "probability", np.where(readable, filled.max(axis=1), np.nan))
     for i, name in enumerate(classes):
         frame[f"p_{name}"] = probabilities[:, i]
+    if operating_points:
+        calls = decide(np.nan_to_num(probabilities, nan=-1.0), operating_points)
+        for name, point in operating_points["classes"].items():
+            if point.get("threshold") is not None:
+                frame[call_column(name, point["threshold"])] = [
+                    ("positive" if call[name]["positive"] else "negative") if ok else ""
+                    for call, ok in zip(calls, readable, strict=True)]
     return frame[[c for c in frame.columns if c != "error"] + ["error"]]
+
+
+def call_column(name: str, threshold: float) -> str:
+    """The table column of one class's operating-point call, e.g. `COVID@0.231`."""
+    return f"{name}@{threshold:.3f}"
+
+
+def operating_points_legend(points: dict) -> list[str]:
+    """What each `<class>@<threshold>` column means, one line per class, for below the table."""
+    return [f"{call_column(name, point['threshold'])}: positive when p_{name} >= {point['threshold']:.4g}, the "
+            f"threshold chosen on validation for sensitivity {point['target_sensitivity']:.2f} "
+            f"(reached {point['sensitivity']:.3f} on {point['positives']} positives"
+            + (", too few to rely on)" if not point["reliable"] else ")")
+            for name, point in points["classes"].items() if point.get("threshold") is not None]
 
 
 def format_table(frame: pd.DataFrame) -> str:

@@ -39,8 +39,11 @@ class ServedModel:
     """The model behind the API, loaded in the background so that /healthz answers at once."""
 
     def __init__(self, model: str | os.PathLike, engine: str = "auto", max_batch: int | None = None,
-                 window_ms: float = 5.0, echo=print):
+                 window_ms: float = 5.0, echo=print, operating_points: str | os.PathLike | None = None):
         self.max_batch, self.window_ms, self.echo = max_batch, window_ms, echo
+        self.operating_points_source = operating_points  # None: the run's own, when an evaluation chose them
+        self.operating_points: dict | None = None
+        self.operating_points_file: Path | None = None
         self.batcher: MicroBatcher | None = None
         self.model_path = Run.model_of(model)
         self.run = Run.containing(self.model_path)
@@ -75,6 +78,7 @@ class ServedModel:
             found = find_temperature(self.model_path)
             if found:
                 self.temperature, self.temperature_file = found
+            self._load_operating_points()
             self.explain_note = self._explain_unavailable()
             if self.explain_note is None:
                 try:  # compiles Grad-CAM now, so that the first explain=true request is as fast as the rest
@@ -86,6 +90,16 @@ class ServedModel:
         self.loaded.set()
         self.echo(self.describe())
 
+    def _load_operating_points(self) -> None:
+        from cxr.inference.points import check_classes, load_operating_points
+
+        if self.operating_points_source is not None:
+            self.operating_points, self.operating_points_file = load_operating_points(self.operating_points_source,
+                                                                                      self.predictor)
+        elif self.run is not None and (found := self.run.operating_points(self.model_path)) is not None:
+            check_classes(found[0], self.predictor.classes)
+            self.operating_points, self.operating_points_file = found
+
     def describe(self) -> str:
         """One line for the console: what is served, and with which temperature and explanations."""
         if self.error:
@@ -93,7 +107,9 @@ class ServedModel:
         temperature = (f"temperature {self.temperature:.3f} from {self.temperature_file}" if self.temperature_file
                        else "no temperature (no evaluation of this model fitted one)")
         explain = "Grad-CAM on" if self.explain_note is None else f"Grad-CAM off ({self.explain_note})"
-        return f"cxr serve: {self.predictor.path} on {self.predictor.engine}; {temperature}; {explain}"
+        points = (f"operating points from {self.operating_points_file}" if self.operating_points_file
+                  else "no operating points")
+        return f"cxr serve: {self.predictor.path} on {self.predictor.engine}; {temperature}; {points}; {explain}"
 
     def _explain_unavailable(self) -> str | None:
         keras_path = self.model_path.with_suffix(".keras")
@@ -128,6 +144,8 @@ class ServedModel:
                 "engine": predictor.engine, "classes": predictor.classes, "input_size": predictor.image_size,
                 "precision": predictor.precision, "temperature": self.temperature,
                 "temperature_file": str(self.temperature_file) if self.temperature_file else None,
+                "operating_points": self.operating_points,
+                "operating_points_file": str(self.operating_points_file) if self.operating_points_file else None,
                 "max_batch": self.max_batch, "explanations": self.explain_note is None,
                 "explanations_note": self.explain_note, "trained": self.trained()}
         evaluation = self.run.latest_eval() if self.run else None
@@ -192,7 +210,7 @@ def check_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, str]:
 
 def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_pixels: int = MAX_PIXELS, load_in_background: bool = True, max_batch: int | None = None,
-               window_ms: float = 5.0, echo=None) -> FastAPI:
+               window_ms: float = 5.0, echo=None, operating_points: str | os.PathLike | None = None) -> FastAPI:
     """The FastAPI application serving a model.
 
     Args:
@@ -205,12 +223,14 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
             alone in the server's thread pool; None chooses by device (default_max_batch).
         window_ms: how long the first request of a micro-batch waits for others.
         echo: prints what is served once it has loaded (default: standard error, beside uvicorn's log).
+        operating_points: a run folder or operating_points.json whose per-class thresholds each answer
+            applies (default: the served run's own, when one of its evaluations chose them for this model).
 
     Returns:
         The application (run it with uvicorn, or `serve`).
     """
     echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
-    served = ServedModel(model, engine, max_batch, window_ms, echo)
+    served = ServedModel(model, engine, max_batch, window_ms, echo, operating_points)
     app = FastAPI(title="cxr", description="Chest X-ray classification. Research use only, not a medical device.")
     app.state.served = served
     app.add_exception_handler(Exception, _unexpected)
@@ -293,6 +313,11 @@ def _answer(served: ServedModel, gray: np.ndarray, explain: bool) -> dict[str, A
         scaled = apply_temperature(probabilities[None], served.temperature)[0]
         result["calibrated_probabilities"] = dict(zip(predictor.classes, map(float, scaled), strict=True))
         result["temperature"] = served.temperature
+    if served.operating_points is not None:  # thresholds on the model's own probabilities, as chosen
+        from cxr.inference.points import decide, describe
+
+        calls = decide(probabilities, served.operating_points)[0]
+        result["operating_points"] = {name: {**call, "text": describe(call)} for name, call in calls.items()}
     if explain:
         from cxr.inference.explain import overlay
 
@@ -303,12 +328,13 @@ def _answer(served: ServedModel, gray: np.ndarray, explain: bool) -> dict[str, A
 
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
-          max_upload_bytes: int = MAX_UPLOAD_BYTES, max_batch: int | None = None, window_ms: float = 5.0) -> None:
+          max_upload_bytes: int = MAX_UPLOAD_BYTES, max_batch: int | None = None, window_ms: float = 5.0,
+          operating_points: str | os.PathLike | None = None) -> None:
     """Serve `model` with uvicorn until stopped (see create_app); warn when reachable from elsewhere."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}, reachable from other machines; there is no authentication")
-    uvicorn.run(create_app(model, engine, max_upload_bytes, max_batch=max_batch, window_ms=window_ms), host=host,
-                port=port, log_level="info")
+    uvicorn.run(create_app(model, engine, max_upload_bytes, max_batch=max_batch, window_ms=window_ms,
+                           operating_points=operating_points), host=host, port=port, log_level="info")
 
