@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from cxr.config import BACKBONES, DISTRIBUTE, PRECISIONS
+from cxr.config import AUGMENTATIONS, BACKBONES, DISTRIBUTE, PRECISIONS
 from cxr.errors import UserError
 from cxr.inference.engines import ENGINES
 from cxr.inference.tta import TTA_MODES
@@ -96,9 +96,23 @@ def _add_train(commands) -> None:
                             "CPUs with AVX512-BF16 for bf16)")
     train.add_argument("--bn-momentum", type=float,
                        help="backbone batch-norm momentum (default: Keras' 0.99; 0.9 for short runs from scratch)")
+    _add_ingredient_options(train)
     add_bootstrap_options(train)
     _add_parallel_options(train)
     _add_control_options(train)
+
+
+def _add_ingredient_options(train: argparse.ArgumentParser) -> None:
+    ingredients = train.add_argument_group("training ingredients beyond the reference recipe (off by default)")
+    ingredients.add_argument("--no-flip", dest="flip", action="store_false", default=None,
+                             help="no random horizontal flips in training (the heart is on the left of a chest film)")
+    ingredients.add_argument("--augment", choices=AUGMENTATIONS,
+                             help="radiograph: training-only small rotations, shifts, zooms, brightness and contrast "
+                                  "(default none)")
+    ingredients.add_argument("--label-smoothing", type=float, metavar="S",
+                             help="train towards 1-S on the true class and S/classes elsewhere (default 0)")
+    ingredients.add_argument("--class-balance", action="store_true", default=None,
+                             help="weight each class's images by N / (classes x images of the class)")
 
 
 def _add_parallel_options(train: argparse.ArgumentParser) -> None:

@@ -16,9 +16,11 @@ import yaml
 
 from cxr.errors import ConfigError
 
-__all__ = ["BACKBONES", "Config", "DISTRIBUTE", "ENVIRONMENT_KEY", "FIELDS", "load_yaml", "PRECISIONS", "resolve"]
+__all__ = ["AUGMENTATIONS", "BACKBONES", "Config", "DISTRIBUTE", "ENVIRONMENT_KEY", "FIELDS", "load_yaml",
+           "PRECISIONS", "resolve"]
 
 BACKBONES = ("densenet169", "tiny")
+AUGMENTATIONS = ("none", "radiograph")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DISTRIBUTE = ("auto", "none")
 # Where a run's config.yaml records the software that made it (cxr.environment.software): a record,
@@ -44,6 +46,12 @@ class Config:
     # Momentum of the backbone's batch-norm statistics; null keeps Keras' 0.99. Short runs from
     # scratch need 0.9, or inference-mode statistics lag the weights and validation sits at chance.
     bn_momentum: float | None = None
+    # Training ingredients beyond the reference's (which are the defaults): see cxr.model.augmentation,
+    # compile_model's label smoothing, and ImageBatches' class weights.
+    flip: bool = True  # random horizontal flips in training (the reference's only augmentation)
+    augment: str = "none"  # none | radiograph: small rotations, shifts, zooms, brightness and contrast
+    label_smoothing: float = 0.0
+    class_balance: bool = False  # weight each class's images by N / (classes x images of the class)
     seed: int = 42
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     duplicate_distance: int = 20  # perceptual-hash bits (of 256) within which images are copies
@@ -91,6 +99,13 @@ class Config:
         need(self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         need(self.bn_momentum is None or (isinstance(self.bn_momentum, (int, float)) and 0 <= self.bn_momentum < 1),
              f"bn_momentum must be empty or a number in [0, 1), got {self.bn_momentum!r}")
+        need(isinstance(self.flip, bool), f"flip must be true or false, got {self.flip!r}")
+        need(self.augment in AUGMENTATIONS,
+             f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        need(isinstance(self.label_smoothing, (int, float)) and not isinstance(self.label_smoothing, bool)
+             and 0 <= self.label_smoothing < 1,
+             f"label_smoothing must be a number in [0, 1), got {self.label_smoothing!r}")
+        need(isinstance(self.class_balance, bool), f"class_balance must be true or false, got {self.class_balance!r}")
         need(isinstance(self.weights, str) and self.weights != "",
              "weights must be 'imagenet', 'none' or a path to a .h5 file")
         fractions = self.split_fractions

@@ -18,11 +18,11 @@ import keras
 import numpy as np
 from keras import layers
 
-from cxr.config import BACKBONES
+from cxr.config import AUGMENTATIONS, BACKBONES
 from cxr.errors import WeightsError
 from cxr.precision import precision_scope
 
-__all__ = ["build_model", "compile_model", "DENSENET169_NOTOP_FILE", "DENSENET169_NOTOP_MD5",
+__all__ = ["augmentation", "build_model", "compile_model", "DENSENET169_NOTOP_FILE", "DENSENET169_NOTOP_MD5",
            "DENSENET169_NOTOP_URL", "head", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_weights_path",
            "LAST_CONV_LAYER", "load_backbone_weights", "load_model", "predict_array", "preprocess",
            "resolve_weights"]
@@ -37,8 +37,33 @@ DENSENET169_NOTOP_MD5 = "b8c4d4c20dd625c148057b9ff1c1176b"
 LAST_CONV_LAYER = {"densenet169": "relu", "tiny": "tiny_relu3"}
 
 
-def preprocess(inputs: keras.KerasTensor) -> keras.KerasTensor:
-    """uint8 gray (H, W, 1) -> float RGB normalised as DenseNet's ImageNet weights expect."""
+def augmentation(inputs: keras.KerasTensor, kind: str) -> keras.KerasTensor:
+    """Training-only changes of a gray radiograph's geometry and exposure, as a film from another
+    machine or another positioning would show (`kind` "radiograph"); nothing for "none".
+
+    Small rotations (up to about 7 degrees), shifts (5 %) and zooms (10 %) with the edge pixels
+    repeated, and brightness and contrast within 10 %: no colour changes (the images are gray) and
+    no vertical flips (no film is taken upside down). Keras' preprocessing layers act only while
+    training, so evaluation, prediction and export see the image as it is.
+    """
+    if kind == "none":
+        return inputs
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(AUGMENTATIONS)}")
+    x = layers.Rescaling(1.0, name="augment_to_float")(inputs)  # the random layers need floats, 0-255
+    x = layers.RandomRotation(0.02, fill_mode="nearest", name="augment_rotate")(x)
+    x = layers.RandomTranslation(0.05, 0.05, fill_mode="nearest", name="augment_shift")(x)
+    x = layers.RandomZoom(0.1, fill_mode="nearest", name="augment_zoom")(x)
+    x = layers.RandomBrightness(0.1, value_range=(0, 255), name="augment_brightness")(x)
+    return layers.RandomContrast(0.1, value_range=(0, 255), name="augment_contrast")(x)
+
+
+def preprocess(inputs: keras.KerasTensor, flip: bool = True, augment: str = "none") -> keras.KerasTensor:
+    """uint8 gray (H, W, 1) -> float RGB normalised as DenseNet's ImageNet weights expect, with the
+    training-only augmentation: random horizontal flips (the reference's; `flip=False` leaves them out,
+    since the heart is on the left of every chest film) and `augmentation(augment)`.
+    """
+    inputs = augmentation(inputs, augment)
     rgb = layers.Concatenate(axis=-1, name="gray_to_rgb")([inputs, inputs, inputs])
     # x / 255 then (x - mean) / std, per channel, in one weightless layer.
     normalised = layers.Rescaling(
@@ -46,7 +71,7 @@ def preprocess(inputs: keras.KerasTensor) -> keras.KerasTensor:
         offset=(-IMAGENET_MEAN / IMAGENET_STD).tolist(),
         name="imagenet_normalise",
     )(rgb)
-    return layers.RandomFlip("horizontal", name="train_flip")(normalised)
+    return layers.RandomFlip("horizontal", name="train_flip")(normalised) if flip else normalised
 
 
 def _tiny_backbone(x: keras.KerasTensor) -> keras.KerasTensor:
@@ -146,6 +171,8 @@ def build_model(
     backbone: str = "densenet169",
     bn_momentum: float | None = None,
     precision: str = "fp32",
+    flip: bool = True,
+    augment: str = "none",
 ) -> keras.Model:
     """Build the classifier: uint8 gray image in, class probabilities out.
 
@@ -156,6 +183,8 @@ def build_model(
         backbone: "densenet169", or "tiny" (a small CNN for tests and smoke runs).
         bn_momentum: replaces the momentum of the backbone's batch-norm layers (the head keeps 0.99).
         precision: fp32, bf16 or fp16; saved with the model (see cxr.precision).
+        flip: random horizontal flips in training (the reference's augmentation).
+        augment: "none", or "radiograph" for the training-only changes of `augmentation`.
 
     Returns:
         The uncompiled Keras model (see compile_model).
@@ -170,7 +199,7 @@ def build_model(
         raise ValueError(f"need at least 2 classes, got {n_classes}")
     with precision_scope(precision):
         inputs = keras.Input((image_size, image_size, 1), dtype="uint8", name="image")
-        x = preprocess(inputs)
+        x = preprocess(inputs, flip, augment)
         if backbone == "densenet169":
             features = keras.applications.DenseNet169(
                 include_top=False, weights=None, input_tensor=x, pooling="max"
@@ -188,13 +217,21 @@ def build_model(
     return model
 
 
-def compile_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
-    """Adamax, categorical cross-entropy and accuracy, as in the reference system."""
-    model.compile(
-        optimizer=keras.optimizers.Adamax(learning_rate),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+def compile_model(model: keras.Model, learning_rate: float = 1e-3, label_smoothing: float = 0.0) -> keras.Model:
+    """Adamax, categorical cross-entropy and accuracy, as in the reference system.
+
+    Args:
+        model: the classifier.
+        learning_rate: Adamax's.
+        label_smoothing: train towards (1 - s) on the true class and s / classes elsewhere, which keeps the
+            model from pushing its probabilities to 0 and 1 (0: the reference's plain cross-entropy).
+
+    Returns:
+        The model, compiled.
+    """
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing) if label_smoothing
+            else "categorical_crossentropy")
+    model.compile(optimizer=keras.optimizers.Adamax(learning_rate), loss=loss, metrics=["accuracy"])
     return model
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from cxr.errors import DatasetError
 
-__all__ = ["ImageBatches", "label_indices"]
+__all__ = ["balanced_class_weights", "ImageBatches", "label_indices"]
 
 
 def label_indices(labels: pd.Series | list[str], classes: list[str]) -> np.ndarray:
@@ -24,6 +24,15 @@ def label_indices(labels: pd.Series | list[str], classes: list[str]) -> np.ndarr
     if unknown:
         raise DatasetError(f"label(s) {', '.join(unknown)} are not among the classes {', '.join(classes)}")
     return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """N / (classes x images of the class) per class, scikit-learn's "balanced" weights: every class then
+    weighs as much in the loss as it would with equal counts (Normal 10,192 against Viral Pneumonia
+    1,345 in the full dataset). A class without images gets 0.
+    """
+    counts = np.bincount(np.asarray(labels), minlength=n_classes).astype("float64")
+    return np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
 
 
 class ImageBatches(keras.utils.PyDataset):
@@ -39,10 +48,13 @@ class ImageBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, n_classes: int, batch_size: int,
-                 shuffle: bool = False, seed: int = 0, multiple_of: int = 1):
+                 shuffle: bool = False, seed: int = 0, multiple_of: int = 1,
+                 class_weights: np.ndarray | None = None):
         super().__init__()
         self.images = images
         self.targets = keras.utils.to_categorical(labels, n_classes).astype("float32")
+        # Per-image weights of the loss (class_weights[label]): a batch is then (images, targets, weights).
+        self.weights = None if class_weights is None else np.asarray(class_weights, "float32")[np.asarray(labels)]
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -63,11 +75,13 @@ class ImageBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self.batches_per_epoch - self.skip
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         index += self.skip
         # Sorted rows read a memory map in file order; the batch's composition is what is shuffled.
         rows = np.sort(self.order[index * self.batch_size : min((index + 1) * self.batch_size, self.used)])
-        return self.images[rows], self.targets[rows]
+        if self.weights is None:
+            return self.images[rows], self.targets[rows]
+        return self.images[rows], self.targets[rows], self.weights[rows]
 
     def start_at(self, epoch: int, batch: int) -> None:
         """Begin epoch `epoch` (0-based) at batch `batch`; call before fit, and `set_epoch` from the fit."""

@@ -128,7 +128,8 @@ def _operating_points_section(block: dict | None) -> str:
         measured = ([_interval(result[m]) if result[m]["value"] is not None else "undefined"
                      for m in ("sensitivity", "specificity", "ppv", "npv")] if result else ["", "", "", ""])
         rows.append([_e(name), f"{point['target_sensitivity']:.2f}", threshold, on_val, *measured])
-    notes = [point["note"] for point in chosen["classes"].values() if point.get("note")] + [block.get("note")]
+    notes = [f"{name}: {point['note']}" for name, point in chosen["classes"].items() if point.get("note")]
+    notes.append(block.get("note"))
     return (f"<h2>Operating points ({_e(scored)} set)</h2><p>Each class's threshold is {_e(chosen['rule'])}. "
             f"Sensitivity, specificity, PPV and NPV are then measured on the {_e(scored)} set, one class against "
             "the rest (an image can be positive for several classes), with 95 % bootstrap intervals.</p>"

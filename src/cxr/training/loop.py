@@ -27,7 +27,7 @@ import numpy as np
 from cxr import allocator, files
 from cxr.backend import enable_compilation_cache, enable_determinism
 from cxr.config import Config
-from cxr.data.batches import ImageBatches, label_indices
+from cxr.data.batches import ImageBatches, balanced_class_weights, label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
 from cxr.data.prepare import prepare_split, summary_table
 from cxr.data.split import SPLITS, Split
@@ -308,6 +308,8 @@ def _prepare_data(source: Run, config: Config, split: Split, console: Console, *
         raise TrainingStopped(f"interrupted before training; resume with: cxr train --resume {source}",
                               Status.INTERRUPTED, 130) from None
     labels = {name: label_indices(frame["label"], split.classes) for name, frame in frames.items()}
+    # The whole training split's labels (not this process's shard): class weights must be the same everywhere.
+    labels["train_all"] = label_indices(split.frames["train"]["label"], split.classes)
     return arrays, labels, cache_dir
 
 
@@ -331,13 +333,13 @@ def _build_or_restore(source: Run, config: Config, state: dict[str, Any] | None,
             if note:
                 echo(f"note: {note}")
             model = build_model(len(config.classes), config.image_size, config.weights, config.backbone,
-                                config.bn_momentum, config.precision)
+                                config.bn_momentum, config.precision, flip=config.flip, augment=config.augment)
             rate = config.learning_rate
             if config.scale_learning_rate and batch != config.batch_size:
                 rate = distribute.scaled_learning_rate(config.learning_rate, config.batch_size, batch)
                 echo(f"learning rate {config.learning_rate:.2e} x {batch}/{config.batch_size} = {rate:.2e} "
                      "(linear scaling rule)")
-            compile_model(model, rate)
+            compile_model(model, rate, config.label_smoothing)
     distribute.synchronize_batch_norm(model, placement)
     return model, best_weights
 
@@ -350,8 +352,10 @@ def _batches(arrays: dict[str, np.ndarray], labels: dict[str, np.ndarray], confi
     """
     per_process = batch // placement.process_count
     n_classes = len(config.classes)
+    weights = balanced_class_weights(labels["train_all"], n_classes) if config.class_balance else None
     train_batches = ImageBatches(arrays["train"], labels["train"], n_classes, per_process, shuffle=True,
-                                 seed=config.seed + placement.process_id, multiple_of=placement.batch_multiple)
+                                 seed=config.seed + placement.process_id, multiple_of=placement.batch_multiple,
+                                 class_weights=weights)
     val_batches = ImageBatches(arrays["val"], labels["val"], n_classes, per_process,
                                multiple_of=placement.batch_multiple)
     partial = (state or {}).get("partial")

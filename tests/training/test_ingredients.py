@@ -1,0 +1,123 @@
+"""Training ingredients beyond the reference recipe (issue 18, part 1): augmentation, no flip, label
+smoothing and class balance; each recorded in config.yaml, each off by default, resumable bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from helpers import only_run, read_state
+
+from cxr.config import resolve
+from cxr.data.batches import ImageBatches, balanced_class_weights
+from cxr.errors import ConfigError
+from cxr.model import build_model, compile_model, load_model
+from cxr.training.loop import TrainingStopped, resume, train
+
+QUIET = dict(progress=False, echo=lambda *_: None)
+INGREDIENTS = dict(augment="radiograph", flip=False, label_smoothing=0.1, class_balance=True)
+
+
+def test_the_reference_recipe_is_the_default():
+    config = resolve(data="x")
+    assert (config.flip, config.augment, config.label_smoothing, config.class_balance) == (True, "none", 0.0, False)
+    for name, value, message in (("augment", "colour", "augment must be one of none, radiograph"),
+                                 ("label_smoothing", 1.0, "label_smoothing must be a number in"),
+                                 ("flip", "yes", "flip must be true or false"),
+                                 ("class_balance", 1, "class_balance must be true or false")):
+        with pytest.raises(ConfigError, match=message):
+            resolve(data="x", **{name: value})
+
+
+def test_augmentation_acts_in_training_only_and_keeps_the_input_contract():
+    plain = build_model(3, 32, weights="none", backbone="tiny")
+    augmented = build_model(3, 32, weights="none", backbone="tiny", flip=False, augment="radiograph")
+    names = {layer.name for layer in augmented.layers}
+    assert {"augment_rotate", "augment_shift", "augment_zoom", "augment_brightness", "augment_contrast"} <= names
+    assert "train_flip" not in names and "train_flip" in {layer.name for layer in plain.layers}
+    assert augmented.input.dtype == "uint8"
+    augmented.set_weights(plain.get_weights())  # the random layers have no weights: the same network
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1), dtype=np.uint8)
+    np.testing.assert_allclose(augmented.predict(images, verbose=0), plain.predict(images, verbose=0), atol=1e-6)
+    front = keras.Model(augmented.input, augmented.get_layer("imagenet_normalise").output)
+    inference = keras.ops.convert_to_numpy(front(images, training=False))
+    training = keras.ops.convert_to_numpy(front(images, training=True))
+    assert not np.allclose(inference, training)  # training draws changes
+    assert np.allclose(inference, keras.ops.convert_to_numpy(front(images, training=False)))
+
+
+def test_label_smoothing_changes_the_loss_and_only_when_asked():
+    model = build_model(2, 32, weights="none", backbone="tiny")
+    assert compile_model(model, 1e-3).loss == "categorical_crossentropy"
+    smoothed = compile_model(build_model(2, 32, weights="none", backbone="tiny"), 1e-3, label_smoothing=0.2).loss
+    assert isinstance(smoothed, keras.losses.CategoricalCrossentropy)
+    # The target becomes 0.9 / 0.1: the loss of a 0.9 / 0.1 prediction is then its entropy, not -log 0.9.
+    loss = float(smoothed(np.array([[1.0, 0.0]]), np.array([[0.9, 0.1]])))
+    assert loss == pytest.approx(-(0.9 * np.log(0.9) + 0.1 * np.log(0.1)), rel=1e-5)
+
+
+def test_class_balance_weights_each_class_as_if_the_counts_were_equal():
+    labels = np.array([0] * 6 + [1] * 3 + [2] * 1)
+    weights = balanced_class_weights(labels, 4)
+    np.testing.assert_allclose(weights, [10 / 24, 10 / 12, 10 / 4, 0.0])  # N / (classes x count); absent: 0
+    assert (np.bincount(labels, weights=weights[labels])[:3] == pytest.approx(10 / 4))  # equal total weight
+    batches = ImageBatches(np.zeros((10, 4, 4, 1), np.uint8), labels, 4, batch_size=4, class_weights=weights)
+    images, targets, sample_weights = batches[0]
+    np.testing.assert_allclose(sample_weights, weights[labels[:4]])
+    assert len(ImageBatches(np.zeros((10, 4, 4, 1), np.uint8), labels, 4, batch_size=4)[0]) == 2
+
+
+@pytest.mark.slow
+def test_a_run_with_every_ingredient_stopped_inside_an_epoch_resumes_bit_for_bit(phantoms, tmp_path, monkeypatch):
+    import cxr.training.loop
+
+    def config(runs):
+        return resolve(data=str(phantoms), runs_dir=str(runs), backbone="tiny", weights="none", image_size=32,
+                       epochs=2, batch_size=8, seed=1, bootstrap=0, deterministic=True, **INGREDIENTS)
+
+    train(config(tmp_path / "whole"), **QUIET)
+    whole = only_run(tmp_path / "whole")
+    recorded = yaml.safe_load((whole / "config.yaml").read_text())
+    assert {key: recorded[key] for key in INGREDIENTS} == INGREDIENTS
+
+    class SignalAfterBatch3(cxr.training.loop.StopGuard):
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            if self.epoch == 1 and batch == 2:
+                self.signals.received = "SIGTERM"
+
+    monkeypatch.setattr(cxr.training.loop, "StopGuard", SignalAfterBatch3)
+    with pytest.raises(TrainingStopped):
+        train(config(tmp_path / "stopped"), **QUIET)
+    run = only_run(tmp_path / "stopped")
+    assert read_state(run)["partial"]["batches"] == 3
+    monkeypatch.undo()
+    resume(run, **QUIET)
+    history = pd.read_csv(run / "history.csv").drop(columns=["seconds"])
+    pd.testing.assert_frame_equal(history, pd.read_csv(whole / "history.csv").drop(columns=["seconds"]))
+    weights, expected = load_model(run / "model.keras").get_weights(), load_model(whole / "model.keras").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(weights, expected, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_every_ingredient_trains_from_the_command_line(phantoms, tmp_path, backend):
+    result = subprocess.run(
+        [sys.executable, "-m", "cxr", "train", "--data", str(phantoms), "--runs-dir", str(tmp_path), "--backbone",
+         "tiny", "--weights", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--bootstrap", "0",
+         "--augment", "radiograph", "--no-flip", "--label-smoothing", "0.1", "--class-balance"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+        env={**os.environ, "KERAS_BACKEND": backend})
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = only_run(tmp_path)
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [1, 2]
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert {key: recorded[key] for key in INGREDIENTS} == INGREDIENTS
+    assert "augment_rotate" in {layer.name for layer in load_model(run / "model.keras").layers}
