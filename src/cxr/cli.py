@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from cxr.config import AUGMENTATIONS, BACKBONES, DISTRIBUTE, PRECISIONS
+from cxr.config import AUGMENTATIONS, BACKBONES, DISTRIBUTE, OPTIMIZERS, PRECISIONS, SCHEDULES
 from cxr.errors import UserError
 from cxr.inference.engines import ENGINES
 from cxr.inference.tta import TTA_MODES
@@ -113,6 +113,13 @@ def _add_ingredient_options(train: argparse.ArgumentParser) -> None:
                              help="train towards 1-S on the true class and S/classes elsewhere (default 0)")
     ingredients.add_argument("--class-balance", action="store_true", default=None,
                              help="weight each class's images by N / (classes x images of the class)")
+    ingredients.add_argument("--optimizer", choices=OPTIMIZERS, help="adamax (default, the reference's) or adamw")
+    ingredients.add_argument("--weight-decay", type=float, metavar="W", help="decoupled weight decay (default 0)")
+    ingredients.add_argument("--schedule", choices=SCHEDULES,
+                             help="adaptive (default): the reference's controller; cosine: linear warm-up, then "
+                                  "cosine decay to 0 by the last epoch, keeping the best epoch's weights")
+    ingredients.add_argument("--warmup-epochs", type=int, metavar="N",
+                             help="epochs of linear warm-up under --schedule cosine (default 1)")
 
 
 def _add_parallel_options(train: argparse.ArgumentParser) -> None:

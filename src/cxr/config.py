@@ -17,10 +17,12 @@ import yaml
 from cxr.errors import ConfigError
 
 __all__ = ["AUGMENTATIONS", "BACKBONES", "Config", "DISTRIBUTE", "ENVIRONMENT_KEY", "FIELDS", "load_yaml",
-           "PRECISIONS", "resolve"]
+           "OPTIMIZERS", "PRECISIONS", "resolve", "SCHEDULES"]
 
 BACKBONES = ("densenet169", "tiny")
 AUGMENTATIONS = ("none", "radiograph")
+OPTIMIZERS = ("adamax", "adamw")
+SCHEDULES = ("adaptive", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DISTRIBUTE = ("auto", "none")
 # Where a run's config.yaml records the software that made it (cxr.environment.software): a record,
@@ -52,6 +54,12 @@ class Config:
     augment: str = "none"  # none | radiograph: small rotations, shifts, zooms, brightness and contrast
     label_smoothing: float = 0.0
     class_balance: bool = False  # weight each class's images by N / (classes x images of the class)
+    optimizer: str = "adamax"  # adamax (the reference's) | adamw
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW's; Keras applies it to Adamax alike)
+    # adaptive: the reference's controller (cxr.training.controller); cosine: linear warm-up over
+    # warmup_epochs, then cosine decay to 0 by the last epoch, and the controller only keeps the best weights.
+    schedule: str = "adaptive"
+    warmup_epochs: int = 1
     seed: int = 42
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     duplicate_distance: int = 20  # perceptual-hash bits (of 256) within which images are copies
@@ -106,6 +114,16 @@ class Config:
              and 0 <= self.label_smoothing < 1,
              f"label_smoothing must be a number in [0, 1), got {self.label_smoothing!r}")
         need(isinstance(self.class_balance, bool), f"class_balance must be true or false, got {self.class_balance!r}")
+        need(self.optimizer in OPTIMIZERS,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(isinstance(self.weight_decay, (int, float)) and not isinstance(self.weight_decay, bool)
+             and self.weight_decay >= 0, f"weight_decay must be a number of 0 or more, got {self.weight_decay!r}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        need(integer(self.warmup_epochs, 0),
+             f"warmup_epochs must be an integer of 0 or more, got {self.warmup_epochs!r}")
+        need(self.schedule != "cosine" or not integer(self.epochs, 1) or self.warmup_epochs < self.epochs,
+             f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs}) with the cosine "
+             "schedule")
         need(isinstance(self.weights, str) and self.weights != "",
              "weights must be 'imagenet', 'none' or a path to a .h5 file")
         fractions = self.split_fractions

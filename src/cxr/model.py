@@ -25,7 +25,7 @@ from cxr.precision import precision_scope
 __all__ = ["augmentation", "build_model", "compile_model", "DENSENET169_NOTOP_FILE", "DENSENET169_NOTOP_MD5",
            "DENSENET169_NOTOP_URL", "head", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_weights_path",
            "LAST_CONV_LAYER", "load_backbone_weights", "load_model", "predict_array", "preprocess",
-           "resolve_weights"]
+           "resolve_weights", "warmup_cosine"]
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -217,22 +217,45 @@ def build_model(
     return model
 
 
-def compile_model(model: keras.Model, learning_rate: float = 1e-3, label_smoothing: float = 0.0) -> keras.Model:
-    """Adamax, categorical cross-entropy and accuracy, as in the reference system.
+def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 1e-3,
+                  label_smoothing: float = 0.0, optimizer: str = "adamax", weight_decay: float = 0.0) -> keras.Model:
+    """Adamax, categorical cross-entropy and accuracy, as in the reference system, or the ingredients
+    that replace them.
 
     Args:
         model: the classifier.
-        learning_rate: Adamax's.
+        learning_rate: a rate, or a schedule of it (see warmup_cosine).
         label_smoothing: train towards (1 - s) on the true class and s / classes elsewhere, which keeps the
             model from pushing its probabilities to 0 and 1 (0: the reference's plain cross-entropy).
+        optimizer: "adamax" (the reference's) or "adamw".
+        weight_decay: decoupled weight decay (0: none, as the reference).
 
     Returns:
         The model, compiled.
     """
     loss = (keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing) if label_smoothing
             else "categorical_crossentropy")
-    model.compile(optimizer=keras.optimizers.Adamax(learning_rate), loss=loss, metrics=["accuracy"])
+    decay = {"weight_decay": weight_decay} if weight_decay else {}
+    if optimizer == "adamax":
+        chosen = keras.optimizers.Adamax(learning_rate, **decay)
+    elif optimizer == "adamw":
+        chosen = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose from adamax, adamw")
+    model.compile(optimizer=chosen, loss=loss, metrics=["accuracy"])
     return model
+
+
+def warmup_cosine(learning_rate: float, epochs: int, steps_per_epoch: int,
+                  warmup_epochs: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """A rate that rises linearly from 0 to `learning_rate` over the warm-up epochs, then falls along a
+    cosine to 0 at the end of the last epoch: Keras' CosineDecay with its warm-up, counted in steps, so
+    it follows the optimizer's step count and a resumed run continues it exactly.
+    """
+    warmup = warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, (epochs - warmup_epochs) * steps_per_epoch), warmup_target=learning_rate,
+        warmup_steps=warmup)
 
 
 def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:

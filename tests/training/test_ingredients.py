@@ -18,17 +18,25 @@ from helpers import only_run, read_state
 from cxr.config import resolve
 from cxr.data.batches import ImageBatches, balanced_class_weights
 from cxr.errors import ConfigError
-from cxr.model import build_model, compile_model, load_model
+from cxr.model import build_model, compile_model, load_model, warmup_cosine
+from cxr.training.controller import AdaptiveLR
 from cxr.training.loop import TrainingStopped, resume, train
 
 QUIET = dict(progress=False, echo=lambda *_: None)
-INGREDIENTS = dict(augment="radiograph", flip=False, label_smoothing=0.1, class_balance=True)
+INGREDIENTS = dict(augment="radiograph", flip=False, label_smoothing=0.1, class_balance=True, optimizer="adamw",
+                   weight_decay=0.01, schedule="cosine", warmup_epochs=1)
 
 
 def test_the_reference_recipe_is_the_default():
     config = resolve(data="x")
     assert (config.flip, config.augment, config.label_smoothing, config.class_balance) == (True, "none", 0.0, False)
+    assert (config.optimizer, config.weight_decay, config.schedule) == ("adamax", 0.0, "adaptive")
+    with pytest.raises(ConfigError, match=r"warmup_epochs \(3\) must be fewer than epochs \(3\)"):
+        resolve(data="x", schedule="cosine", epochs=3, warmup_epochs=3)
     for name, value, message in (("augment", "colour", "augment must be one of none, radiograph"),
+                                 ("optimizer", "sgd", "optimizer must be one of adamax, adamw"),
+                                 ("schedule", "step", "schedule must be one of adaptive, cosine"),
+                                 ("weight_decay", -1, "weight_decay must be a number of 0 or more"),
                                  ("label_smoothing", 1.0, "label_smoothing must be a number in"),
                                  ("flip", "yes", "flip must be true or false"),
                                  ("class_balance", 1, "class_balance must be true or false")):
@@ -74,6 +82,32 @@ def test_class_balance_weights_each_class_as_if_the_counts_were_equal():
     assert len(ImageBatches(np.zeros((10, 4, 4, 1), np.uint8), labels, 4, batch_size=4)[0]) == 2
 
 
+def test_warmup_then_cosine_follows_the_optimizer_steps():
+    schedule = warmup_cosine(0.01, epochs=5, steps_per_epoch=10, warmup_epochs=1)
+    rate = [float(schedule(step)) for step in (0, 5, 10, 30, 50)]
+    # 0 at the start, half-way up after half the warm-up epoch, the peak at its end, half the peak half-way
+    # through the 40 decay steps, 0 at the end of the last epoch.
+    assert rate == pytest.approx([0.0, 0.005, 0.01, 0.005, 0.0], abs=1e-7)
+    model = compile_model(build_model(2, 32, weights="none", backbone="tiny"), schedule, optimizer="adamw",
+                          weight_decay=0.05)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == pytest.approx(0.05)
+    assert isinstance(compile_model(build_model(2, 32, weights="none", backbone="tiny")).optimizer,
+                      keras.optimizers.Adamax)
+
+
+def test_under_a_schedule_the_controller_keeps_the_best_weights_and_changes_nothing_else():
+    model = build_model(2, 32, weights="none", backbone="tiny")
+    compile_model(model, 1e-3)
+    controller = AdaptiveLR(adapt=False)
+    controller.set_model(model)
+    controller.on_train_begin()
+    for epoch, val_loss in enumerate([1.0, 2.0, 3.0, 4.0, 5.0]):  # the reference would halve and stop
+        logs = {"accuracy": 0.95, "val_loss": val_loss}
+        controller.on_epoch_end(epoch, logs)
+    assert not model.stop_training and controller.best_epoch == 1 and controller.reductions == 0
+    assert logs["next_learning_rate"] == pytest.approx(1e-3) and logs["weights_restored"] is False
+
+
 @pytest.mark.slow
 def test_a_run_with_every_ingredient_stopped_inside_an_epoch_resumes_bit_for_bit(phantoms, tmp_path, monkeypatch):
     import cxr.training.loop
@@ -104,6 +138,11 @@ def test_a_run_with_every_ingredient_stopped_inside_an_epoch_resumes_bit_for_bit
     pd.testing.assert_frame_equal(history, pd.read_csv(whole / "history.csv").drop(columns=["seconds"]))
     weights, expected = load_model(run / "model.keras").get_weights(), load_model(whole / "model.keras").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(weights, expected, strict=True))
+    # The rate each epoch began with, under the schedule: 0 before the warm-up, the peak after it (the
+    # resumed part of epoch 1 began later, at a higher rate: the history keeps the epoch's own).
+    assert history["learning_rate"].tolist() == pytest.approx([0.0, 1e-3], abs=1e-9)
+    with pytest.raises(ConfigError, match="follows the cosine schedule; its rate cannot be replaced"):
+        resume(run, epochs=3, learning_rate=1e-4, **QUIET)
 
 
 @pytest.mark.slow
@@ -112,7 +151,8 @@ def test_every_ingredient_trains_from_the_command_line(phantoms, tmp_path, backe
     result = subprocess.run(
         [sys.executable, "-m", "cxr", "train", "--data", str(phantoms), "--runs-dir", str(tmp_path), "--backbone",
          "tiny", "--weights", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--bootstrap", "0",
-         "--augment", "radiograph", "--no-flip", "--label-smoothing", "0.1", "--class-balance"],
+         "--augment", "radiograph", "--no-flip", "--label-smoothing", "0.1", "--class-balance", "--optimizer",
+         "adamw", "--weight-decay", "0.01", "--schedule", "cosine", "--warmup-epochs", "1"],
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
         env={**os.environ, "KERAS_BACKEND": backend})
     assert result.returncode == 0, result.stdout + result.stderr

@@ -153,7 +153,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         files.write_with(self.run.checkpoint(name), self.model.save)
         self.state["partial"] = {"epoch": self.epoch + 1, "batches": self.batches_done,
                                  "of": self.within_epoch.batches, "model": name,
-                                 "learning_rate": current_learning_rate(self.model),
+                                 "learning_rate": self.history.learning_rate,  # the rate the epoch began with
                                  "seed_states": seed_states(self.model), "metrics": metric_sums(self.model),
                                  "seconds": round(self.history.elapsed(), 3)}
         self.commit()

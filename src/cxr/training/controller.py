@@ -49,11 +49,14 @@ class AdaptiveLR(keras.callbacks.Callback):
         dwell: on a drop, go back to the best weights so far.
         restore_at_end: set the best weights when a fit ends. A caller that trains in several fits (a run
             resumed inside an epoch) turns it off and calls `restore_best` once, at the very end.
+        adapt: change the rate and stop (the reference's way). False, under a learning-rate schedule, only
+            watches and keeps the best weights, so training runs its whole schedule and ends on its best epoch.
     """
 
     def __init__(self, threshold: float = 0.9, patience: int = 1, factor: float = 0.5,
-                 stop_patience: int = 3, dwell: bool = True, restore_at_end: bool = True):
+                 stop_patience: int = 3, dwell: bool = True, restore_at_end: bool = True, adapt: bool = True):
         super().__init__()
+        self.adapt = adapt
         self.restore_at_end = restore_at_end
         self.threshold = threshold
         self.patience = patience
@@ -91,7 +94,7 @@ class AdaptiveLR(keras.callbacks.Callback):
             actions.append("best")
         else:
             self.wait += 1
-            if self.wait >= self.patience:
+            if self.adapt and self.wait >= self.patience:
                 new_learning_rate, restored = self._reduce(learning_rate, val_loss, actions)
         if self.reductions >= self.stop_patience:
             self.model.stop_training = True

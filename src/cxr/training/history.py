@@ -29,22 +29,27 @@ class EpochLog(keras.callbacks.Callback):
         echo: where the line goes.
         rows: the rows of earlier epochs (a resumed run's history).
         carried_seconds: the time already spent in the first epoch (a run resumed inside an epoch).
+        carried_learning_rate: the rate that first epoch began with (under a schedule the rate moves every
+            step, and the resumed part begins later).
     """
 
     def __init__(self, epochs: int, echo: Callable[[str], None] = print, rows: list[dict[str, Any]] | None = None,
-                 carried_seconds: float = 0.0):
+                 carried_seconds: float = 0.0, carried_learning_rate: float | None = None):
         super().__init__()
         self.epochs = epochs
         self.echo = echo
         self.rows: list[dict[str, Any]] = list(rows or [])
         self.started = time.monotonic()
         self.carried_seconds = carried_seconds
+        self.carried_learning_rate = carried_learning_rate
         self.learning_rate = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.monotonic() - self.carried_seconds
         self.carried_seconds = 0.0
-        self.learning_rate = float(f"{current_learning_rate(self.model):.6g}")  # float32 noise off
+        rate = current_learning_rate(self.model) if self.carried_learning_rate is None else self.carried_learning_rate
+        self.carried_learning_rate = None
+        self.learning_rate = float(f"{rate:.6g}")  # float32 noise off
 
     def elapsed(self) -> float:
         """Seconds since the epoch in flight began."""

@@ -34,7 +34,7 @@ from cxr.data.split import SPLITS, Split
 from cxr.environment import record
 from cxr.errors import ConfigError, DatasetError, UserError
 from cxr.evaluation.evaluate import evaluate_run
-from cxr.model import build_model, compile_model, load_model, resolve_weights
+from cxr.model import build_model, compile_model, load_model, resolve_weights, warmup_cosine
 from cxr.precision import hardware_note, model_precision
 from cxr.run import Run
 from cxr.training import distribute
@@ -147,6 +147,8 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
         config, state, finalize = _continuation(run, config, state, epochs, placement.chief)
         if learning_rate is not None and not learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {learning_rate!r}")
+        if learning_rate is not None and config.schedule != "adaptive":
+            raise ConfigError(f"{run} follows the {config.schedule} schedule; its rate cannot be replaced on --resume")
         _global_batch(config, state, placement)  # fails fast when the devices changed
         if placement.chief:
             run.remove_temporaries(console.echo)
@@ -272,10 +274,10 @@ def _train_and_evaluate(run: Run, config: Config, split: Split, console: Console
     if cache_dir is not None:
         enable_compilation_cache(cache_dir / "xla")
     keras.utils.set_random_seed(config.seed)
-    model, best_weights = _build_or_restore(source, config, state, console.echo, placement=placement, batch=batch,
-                                            learning_rate=learning_rate)
     train_batches, val_batches = _batches(arrays, labels, config, console.echo, placement=placement, batch=batch,
                                           state=state)
+    model, best_weights = _build_or_restore(source, config, state, console.echo, placement=placement, batch=batch,
+                                            learning_rate=learning_rate, steps=train_batches.batches_per_epoch)
     loop = _assemble_callbacks(run, config, state, best_weights, console, train_batches, placement=placement,
                                batch=batch, finalize=finalize)
     if not finalize:
@@ -314,8 +316,8 @@ def _prepare_data(source: Run, config: Config, split: Split, console: Console, *
 
 
 def _build_or_restore(source: Run, config: Config, state: dict[str, Any] | None, echo: Callable[[str], None], *,
-                      placement: distribute.Plan, batch: int,
-                      learning_rate: float | None) -> tuple[keras.Model, list[np.ndarray] | None]:
+                      placement: distribute.Plan, batch: int, learning_rate: float | None,
+                      steps: int) -> tuple[keras.Model, list[np.ndarray] | None]:
     """A new compiled model, or the saved one with its optimizer, random generators and best weights."""
     best_weights = None
     with placement.scope():
@@ -339,7 +341,9 @@ def _build_or_restore(source: Run, config: Config, state: dict[str, Any] | None,
                 rate = distribute.scaled_learning_rate(config.learning_rate, config.batch_size, batch)
                 echo(f"learning rate {config.learning_rate:.2e} x {batch}/{config.batch_size} = {rate:.2e} "
                      "(linear scaling rule)")
-            compile_model(model, rate, config.label_smoothing)
+            if config.schedule == "cosine":
+                rate = warmup_cosine(rate, config.epochs, steps, config.warmup_epochs)
+            compile_model(model, rate, config.label_smoothing, config.optimizer, config.weight_decay)
     distribute.synchronize_batch_norm(model, placement)
     return model, best_weights
 
@@ -381,12 +385,12 @@ def _assemble_callbacks(run: Run, config: Config, state: dict[str, Any] | None, 
     """
     # The loop sets the best weights itself when training ends: a run resumed inside an epoch fits twice.
     controller = AdaptiveLR(config.threshold, config.patience, config.factor, config.stop_patience, config.dwell,
-                            restore_at_end=False)
+                            restore_at_end=False, adapt=config.schedule == "adaptive")
     if state:
         controller.set_state(state["adaptive"], best_weights)
     partial = (state or {}).get("partial") or {}
     history = EpochLog(config.epochs, console.echo, rows=state["history"] if state else None,
-                       carried_seconds=partial.get("seconds", 0.0))
+                       carried_seconds=partial.get("seconds", 0.0), carried_learning_rate=partial.get("learning_rate"))
     # The processes of a job would each choose their own moment: they save at epoch ends only.
     every = config.checkpoint_every * 60 if config.checkpoint_every > 0 else None
     within = WithinEpoch(train_batches.batches_per_epoch, every) if placement.process_count == 1 else None
