@@ -15,7 +15,7 @@ import pytest
 import yaml
 from helpers import only_run, read_state
 
-from cxr.config import resolve
+from cxr.config import RECIPES, resolve
 from cxr.data.batches import ImageBatches, balanced_class_weights
 from cxr.errors import ConfigError
 from cxr.model import build_model, compile_model, load_model, warmup_cosine
@@ -161,3 +161,17 @@ def test_every_ingredient_trains_from_the_command_line(phantoms, tmp_path, backe
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     assert {key: recorded[key] for key in INGREDIENTS} == INGREDIENTS
     assert "augment_rotate" in {layer.name for layer in load_model(run / "model.keras").layers}
+
+
+def test_a_recipe_sets_its_ingredients_and_every_flag_or_file_still_wins(tmp_path):
+    modern = resolve(data="x", recipe="augmented-cosine")
+    assert {key: getattr(modern, key) for key in RECIPES["augmented-cosine"]} == RECIPES["augmented-cosine"]
+    assert modern.recipe == "augmented-cosine" and modern.learning_rate == 0.001  # what it leaves alone
+    assert resolve(data="x", recipe="augmented-cosine", label_smoothing=0.0, flip=False).label_smoothing == 0.0
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("recipe: augmented-cosine\nschedule: adaptive\n")
+    from_file = resolve(settings, data="x")
+    assert (from_file.recipe, from_file.schedule, from_file.optimizer) == ("augmented-cosine", "adaptive", "adamw")
+    assert resolve(data="x") == resolve(data="x", recipe="reference")
+    with pytest.raises(ConfigError, match="unknown recipe 'newest'; choose from reference, augmented-cosine"):
+        resolve(data="x", recipe="newest")
