@@ -118,6 +118,8 @@ def _add_ingredient_options(train: argparse.ArgumentParser) -> None:
                              help="train towards 1-S on the true class and S/classes elsewhere (default 0)")
     ingredients.add_argument("--class-balance", action="store_true", default=None,
                              help="weight each class's images by N / (classes x images of the class)")
+    ingredients.add_argument("--no-class-balance", dest="class_balance", action="store_false", default=None,
+                             help="no class weights (when a recipe or --config file turns them on)")
     ingredients.add_argument("--optimizer", choices=OPTIMIZERS, help="adamax (default, the reference's) or adamw")
     ingredients.add_argument("--weight-decay", type=float, metavar="W", help="decoupled weight decay (default 0)")
     ingredients.add_argument("--schedule", choices=SCHEDULES,

@@ -1,0 +1,188 @@
+"""Which training recipe does better on images it never saw? Repeated stratified k-fold cross-validation of
+`cxr train --recipe ...` on the shared sample (or any labelled folder).
+
+Protocol (issue 18): the folder is scanned once and its duplicate groups found as `cxr split` does; for each
+seed, scikit-learn's StratifiedGroupKFold (copies of one radiograph stay in one fold) makes --folds folds.
+Each fold in turn is the test set; of the rest, a stratified tenth (again by group) is the validation set
+and the others train. Every recipe trains on exactly the same splits, from scratch (or from --weights), at
+the same size and for the same number of epochs, each in a fresh `cxr train` process, as a user would run
+it; its test metrics come from the run's own evaluation. Reported per recipe: mean and sample standard
+deviation over folds x seeds of accuracy, balanced accuracy, macro F1 and ECE (before temperature
+scaling), and for each recipe against the first one the per-fold paired difference (mean and spread), the
+fairer comparison since both saw the same images.
+
+Modes:
+- default: the recipes given (reference and augmented-cosine).
+- --ablation: the last recipe with each of its ingredients set back to the reference's, one at a time,
+  plus the last recipe without horizontal flips.
+
+    .venv/bin/python benchmarks/recipe.py [--data DIR] [--recipes reference,augmented-cosine] [--folds 3]
+        [--seeds 0,1] [--size 96] [--epochs 12] [--weights none|PATH] [--ablation] [--backbone densenet169]
+
+Budget on this project's 2-core machines: DenseNet169 at 128 px costs about 40 s an epoch on 300 images
+with validation, plus about 90 s for the first step; at 96 px about half. The default (2 recipes x 3 folds x
+2 seeds, 96 px, 12 epochs) is planned to finish in about 90 minutes there. Prints a table and writes
+benchmarks/results/recipe-<time>.json (and keeps the runs under --work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from common import machine_info, save_result  # noqa: E402
+from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
+
+from cxr.config import RECIPES  # noqa: E402
+from cxr.data.scan import scan_dataset  # noqa: E402
+from cxr.data.split import SPLIT_COLUMNS, Split, duplicate_groups, write_split  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-sample" / "COVID-19_Radiography_Dataset"
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "ece")
+# The flags that set one ingredient back to the reference recipe's value, for the ablation.
+SET_BACK = {"augment": ("--augment", "none"), "label_smoothing": ("--label-smoothing", "0"),
+            "class_balance": ("--no-class-balance",), "optimizer": ("--optimizer", "adamax"),
+            "weight_decay": ("--weight-decay", "0"), "schedule": ("--schedule", "adaptive"),
+            "warmup_epochs": ("--warmup-epochs", "0"), "bn_momentum": ("--bn-momentum", "0.99")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A recipe and the flags that change it (an ablation's ingredient set back)."""
+
+    name: str
+    recipe: str
+    flags: tuple[str, ...] = ()
+
+
+def folds(scan, n_folds: int, seed: int, max_distance: int = 20) -> list[Split]:
+    """The n_folds splits of one seed: fold k is test; a stratified tenth of the rest (by group) is val."""
+    images = scan.images.sort_values(["label", "file"], kind="stable").reset_index(drop=True)
+    groups, duplicates = duplicate_groups(images, max_distance)
+    table = images.assign(group=groups)
+    outer = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    splits = []
+    for rest_rows, test_rows in outer.split(table, table["label"], table["group"]):
+        rest = table.iloc[rest_rows].reset_index(drop=True)
+        inner = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
+        train_rows, val_rows = next(inner.split(rest, rest["label"], rest["group"]))
+        frames = {"train": rest.iloc[train_rows][SPLIT_COLUMNS].reset_index(drop=True),
+                  "val": rest.iloc[val_rows][SPLIT_COLUMNS].reset_index(drop=True),
+                  "test": table.iloc[test_rows][SPLIT_COLUMNS].reset_index(drop=True)}
+        splits.append(Split(frames=frames, duplicates=duplicates, skipped=scan.skipped, root=str(scan.root),
+                            classes=list(scan.classes), hashes=images[["file", "md5", "phash"]]))
+    return splits
+
+
+def variants(recipes: list[str], ablation: bool) -> list[Variant]:
+    """The recipes as given, or the last one's ablation."""
+    if not ablation:
+        return [Variant(name, name) for name in recipes]
+    last = recipes[-1]
+    found = [Variant(last, last)]
+    found += [Variant(f"{last} without {key}", last, SET_BACK[key]) for key in RECIPES[last]]
+    found.append(Variant(f"{last} without flips", last, ("--no-flip",)))
+    return found
+
+
+def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.Namespace, seed: int) -> dict:
+    """One `cxr train` in its own process; its test metrics from the run's evaluation."""
+    command = [sys.executable, "-m", "cxr", "train", "--split", str(split_dir), "--recipe", variant.recipe,
+               *variant.flags, "--runs-dir", str(runs_dir), "--name", "cv", "--image-size", str(args.size),
+               "--epochs", str(args.epochs), "--weights", args.weights, "--backbone", args.backbone,
+               "--bootstrap", "0", "--seed", str(seed), "--ask-epoch", "0", "--cache-dir", str(args.cache)]
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    run = max((p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()), key=lambda p: p.stat().st_mtime)
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    clinical = metrics["clinical"]
+    history = pd.read_csv(run / "history.csv")
+    return {"run": str(run), "seconds": round(time.monotonic() - started, 1), "epochs_run": int(len(history)),
+            "accuracy": clinical["overall"]["accuracy"]["value"],
+            "balanced_accuracy": clinical["overall"]["balanced_accuracy"]["value"],
+            "macro_f1": clinical["macro"]["f1"]["value"],
+            "ece": (metrics.get("calibration") or {}).get("test_ece_before"),
+            "first_epochs_accuracy": history["accuracy"].head(3).round(4).tolist(),
+            "first_epochs_val_accuracy": history["val_accuracy"].head(3).round(4).tolist()}
+
+
+def summarise(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean and sample SD per variant; and each variant's per-fold paired difference from the first."""
+    summary = rows.groupby("variant", sort=False)[list(METRICS)].agg(["mean", "std"])
+    first = rows["variant"].iloc[0]
+    base = rows[rows["variant"] == first].set_index(["seed", "fold"])[list(METRICS)]
+    paired = []
+    for name, group in rows.groupby("variant", sort=False):
+        if name == first:
+            continue
+        difference = group.set_index(["seed", "fold"])[list(METRICS)] - base
+        paired.append({"variant": name, "against": first,
+                       **{f"{m} difference mean": difference[m].mean() for m in METRICS},
+                       **{f"{m} difference sd": difference[m].std() for m in METRICS}})
+    return summary, pd.DataFrame(paired)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(SAMPLE))
+    parser.add_argument("--recipes", default="reference,augmented-cosine")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--weights", default="none", help="none (from scratch) or an ImageNet DenseNet169 .h5")
+    parser.add_argument("--backbone", default="densenet169")
+    parser.add_argument("--ablation", action="store_true")
+    parser.add_argument("--work", help="where splits and runs go (default: a new temporary folder)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="cxr-recipe-"))
+    args.cache = work / "cache"  # every run decodes each split once, whatever the variant
+    scan = scan_dataset(args.data, progress=False)
+    chosen = variants(args.recipes.split(","), args.ablation)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = []
+    for seed in seeds:
+        for fold, split in enumerate(folds(scan, args.folds, seed)):
+            split_dir = work / f"seed{seed}-fold{fold}" / "split"
+            if not split_dir.exists():
+                write_split(split, split_dir)
+            for index, variant in enumerate(chosen):
+                runs_dir = work / f"seed{seed}-fold{fold}" / f"variant{index}"
+                runs_dir.mkdir(parents=True, exist_ok=True)
+                row = {"variant": variant.name, "seed": seed, "fold": fold,
+                       "images": {name: len(frame) for name, frame in split.frames.items()},
+                       **train_one(variant, split_dir, runs_dir, args, seed)}
+                rows.append(row)
+                print(f"seed {seed} fold {fold} {variant.name}: accuracy {row['accuracy']:.3f}, macro F1 "
+                      f"{row['macro_f1']:.3f}, {row['epochs_run']} epochs, {row['seconds']:.0f} s", flush=True)
+    table = pd.DataFrame(rows)
+    summary, paired = summarise(table)
+    print(summary.round(4).to_string())
+    if len(paired):
+        print(paired.round(4).to_string(index=False))
+    save_result(args.out, "recipe" + ("-ablation" if args.ablation else ""), {
+        "protocol": __doc__, "machine": machine_info(),
+        "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "work": str(work),
+                     "variants": [dataclasses.asdict(v) for v in chosen]},
+        "runs": rows, "summary": json.loads(summary.to_json()), "paired": paired.to_dict("records"),
+        "mean_seconds_per_run": float(np.mean(table["seconds"]))})
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()
