@@ -144,11 +144,11 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
     console = Console(echo, progress, read) if placement.chief else Console.quiet()
     with run.lock() if placement.chief else contextlib.nullcontext():  # every process makes the same checks
         state = _resumable_state(run)
+        if learning_rate is not None and config.schedule != "adaptive":
+            raise ConfigError(f"{run} follows the {config.schedule} schedule; its rate cannot be replaced on --resume")
         config, state, finalize = _continuation(run, config, state, epochs, placement.chief)
         if learning_rate is not None and not learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {learning_rate!r}")
-        if learning_rate is not None and config.schedule != "adaptive":
-            raise ConfigError(f"{run} follows the {config.schedule} schedule; its rate cannot be replaced on --resume")
         _global_batch(config, state, placement)  # fails fast when the devices changed
         if placement.chief:
             run.remove_temporaries(console.echo)
@@ -234,6 +234,10 @@ def _continuation(run: Run, config: Config, state: dict[str, Any] | None, epochs
     if epochs is not None:
         if epochs <= done:
             raise ConfigError(f"{run} has trained {done} epoch(s) already; --epochs must be more than that")
+        if config.schedule != "adaptive" and epochs > config.epochs:
+            # The schedule was laid out over the run's epochs and ends at a rate of 0: more epochs would train nothing.
+            raise ConfigError(f"{run} follows the {config.schedule} schedule over {config.epochs} epochs, which ends "
+                              f"at a rate of 0; it cannot be extended to {epochs} (start a new run)")
         config = dataclasses.replace(config, epochs=epochs).validate()
         if chief:
             run.write_config(config, environment=run.environment())
