@@ -49,6 +49,11 @@ def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-seed", type=int, metavar="SEED", help="default 0")
 
 
+def add_tta_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+                        help="flip: average each image's probabilities with its mirror image's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `cxr` parser: one sub-command per verb, each added by its own function below."""
     from cxr.environment import version_line
@@ -182,8 +187,7 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--target-sensitivity", metavar="CLASS=S,...",
                           help="sensitivity each class's operating point must reach on val (default 0.95 for "
                                "every class but Normal; e.g. COVID=0.97,Normal=0.9)")
-    evaluate.add_argument("--tta", choices=TTA_MODES, default="none",
-                          help="flip: average each image's probabilities with its mirror image's")
+    add_tta_option(evaluate)
     evaluate.add_argument("--batch-size", type=int)
     add_bootstrap_options(evaluate)
 
@@ -202,8 +206,7 @@ def _add_predict(commands) -> None:
                               "model fitted on val)")
     predict.add_argument("--precision", choices=PRECISIONS,
                          help="compute precision for the keras engine (default: the model's own)")
-    predict.add_argument("--tta", choices=TTA_MODES, default="none",
-                         help="flip: average each image's probabilities with its mirror image's")
+    add_tta_option(predict)
     predict.add_argument("--operating-points", metavar="RUN_OR_FILE",
                          help="add positive/negative per class at the thresholds chosen on validation: a run "
                               "(its newest evaluation of this model) or an operating_points.json")

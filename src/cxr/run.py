@@ -60,6 +60,13 @@ def now() -> str:
     return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
+def _made_for(record: dict[str, Any], digest: str | None) -> bool:
+    """Whether an evaluation's record (temperature, operating points) belongs to the model with this SHA-256:
+    records from before cxr kept the digest, or with no model file to compare, are taken as they are.
+    """
+    return not digest or not record.get("model_sha256") or record["model_sha256"] == digest
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -361,15 +368,11 @@ class Run:
         Returns:
             (temperature, calibration.json path), or None when no evaluation fitted one for this model.
         """
-        keras_path = Path(model_path or self.model_path).with_suffix(".keras")
-        digest = files.sha256(keras_path) if keras_path.is_file() else None
+        digest = self._model_digest(model_path)
         for path in self.calibration_files():
             record = _read_json(path)
-            if record is None or "temperature" not in record:
-                continue
-            if digest and record.get("model_sha256") and record["model_sha256"] != digest:
-                continue
-            return float(record["temperature"]), path
+            if record is not None and "temperature" in record and _made_for(record, digest):
+                return float(record["temperature"]), path
         return None
 
     def operating_points(self, model_path: str | os.PathLike | None = None) -> tuple[dict[str, Any], Path] | None:
@@ -379,13 +382,17 @@ class Run:
         Args:
             model_path: the model file (default model.keras); matched by SHA-256 as for temperature().
         """
-        keras_path = Path(model_path or self.model_path).with_suffix(".keras")
-        digest = files.sha256(keras_path) if keras_path.is_file() else None
+        digest = self._model_digest(model_path)
         for evaluation in self.evaluations():
             points = _read_json(evaluation.operating_points)
-            if points is not None and (not digest or points.get("model_sha256") in (None, digest)):
+            if points is not None and _made_for(points, digest):
                 return points, evaluation.operating_points
         return None
+
+    def _model_digest(self, model_path: str | os.PathLike | None) -> str | None:
+        """The SHA-256 of the .keras file a record must belong to (None when there is none to check)."""
+        keras_path = Path(model_path or self.model_path).with_suffix(".keras")
+        return files.sha256(keras_path) if keras_path.is_file() else None
 
     def calibration_files(self) -> list[Path]:
         """Every calibration.json of the run, newest evaluation first, the older run-level file last."""

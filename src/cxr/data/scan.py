@@ -21,8 +21,7 @@ from tqdm import tqdm
 from cxr.data.images import decode_gray, looks_like_image, read_bytes
 from cxr.errors import DatasetError, ImageError
 
-__all__ = ["discover_classes", "IMAGE_COLUMNS", "image_hashes", "perceptual_hash", "PHASH_SIZE", "Scan", "scan_dataset",
-           "SKIPPED_COLUMNS"]
+__all__ = ["check_image", "discover_classes", "IMAGE_COLUMNS", "PHASH_SIZE", "Scan", "scan_dataset", "SKIPPED_COLUMNS"]
 
 IMAGE_COLUMNS = ["file", "label", "md5", "phash", "height", "width"]
 SKIPPED_COLUMNS = ["file", "label", "reason"]
@@ -88,22 +87,8 @@ def _check_file(path: Path) -> tuple[str, str, int, int]:
     """Decode a file fully; return its md5, perceptual hash and size, or raise ImageError."""
     data = read_bytes(path)
     gray = decode_gray(data, path)
-    return hashlib.md5(data).hexdigest(), perceptual_hash(gray), gray.shape[0], gray.shape[1]
-
-
-def perceptual_hash(gray) -> str:
-    """The hex DCT hash (PHASH_SIZE squared bits) of a decoded gray image, as splits and leakage checks use."""
-    return str(imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE))
-
-
-def image_hashes(path: str | os.PathLike) -> tuple[str, str]:
-    """md5 of a file's bytes and the perceptual hash of its image.
-
-    Raises:
-        ImageError: the file cannot be read or decoded.
-    """
-    md5, phash, _, _ = _check_file(Path(path))
-    return md5, phash
+    phash = str(imagehash.phash(Image.fromarray(gray), hash_size=PHASH_SIZE))
+    return hashlib.md5(data).hexdigest(), phash, gray.shape[0], gray.shape[1]
 
 
 def scan_dataset(
@@ -147,7 +132,7 @@ def scan_dataset(
     rows, skipped = [], []
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(_safe_check, [path for _, path in jobs])
+        results = pool.map(check_image, [path for _, path in jobs])
         bar = tqdm(results, total=len(jobs), desc="scan", unit="img", disable=not progress)
         for (label, path), result in zip(jobs, bar, strict=True):
             relative = path.relative_to(root).as_posix()
@@ -174,7 +159,10 @@ def scan_dataset(
     )
 
 
-def _safe_check(path: Path) -> tuple[str, str, int, int] | ImageError:
+def check_image(path: Path) -> tuple[str, str, int, int] | ImageError:
+    """md5, perceptual hash, height and width of an image file, or the ImageError saying why it cannot be
+    used (returned, not raised, so that a pool of threads goes on past bad files).
+    """
     try:
         return _check_file(path)
     except ImageError as error:

@@ -47,8 +47,7 @@ def evaluations_of(path: str | os.PathLike) -> list[EvalDir]:
     newest, _ = latest_metrics(path)
     external: dict[str, EvalDir] = {}
     for evaluation in Run(path).external_evaluations():  # newest first: keep the first of each name
-        external.setdefault((evaluation.read_metrics() or {}).get("external", {}).get("name", evaluation.name),
-                            evaluation)
+        external.setdefault(_external_name(evaluation), evaluation)
     return [newest, *sorted(external.values(), key=lambda e: e.name)]
 
 

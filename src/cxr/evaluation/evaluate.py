@@ -38,8 +38,8 @@ from cxr.inference.tta import check_tta, with_tta
 from cxr.model import load_model, predict_array
 from cxr.run import EvalDir, Run, now
 
-__all__ = ["Predictions", "compute_metrics", "cross_entropy", "evaluate_run", "predictions_frame", "report_frame",
-           "source_lines", "write_scored_files"]
+__all__ = ["batch_predictor", "Predictions", "compute_metrics", "cross_entropy", "evaluate_run", "predictions_frame",
+           "report_frame", "source_lines", "write_scored_files"]
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,7 @@ def predict_splits(run: Run, model: keras.Model, config: Config, split: Split, *
                    echo, tta: str = "none") -> tuple[dict[str, Predictions], np.ndarray | None]:
     """Each non-empty split's predictions, and the test images (for the Grad-CAM figure)."""
     size = int(model.input_shape[1])
-    batch_size = batch_size or max(32, config.batch_size)
-    predict = with_tta(lambda batch: predict_array(model, batch, batch_size), tta)
+    predict = batch_predictor(model, config, batch_size, tta)
     cache_dir = resolve_cache_dir(config.cache_dir, run.path.parent)
     if cache_dir is not None:  # JAX: load the predict programs training compiled instead of compiling them
         enable_compilation_cache(cache_dir / "xla")
@@ -149,6 +148,14 @@ def predict_splits(run: Run, model: keras.Model, config: Config, split: Split, *
         if name == "test":
             test_images = array
     return predictions, test_images
+
+
+def batch_predictor(model: keras.Model, config: Config, batch_size: int | None, tta: str):
+    """Probabilities for a uint8 array, `batch_size` images a call (default max(32, the run's batch)),
+    averaged with the mirror images' under tta "flip": how every evaluation predicts.
+    """
+    size = batch_size or max(32, config.batch_size)
+    return with_tta(lambda images: predict_array(model, images, size), tta)
 
 
 def cross_entropy(targets: np.ndarray, probabilities: np.ndarray, n_classes: int) -> float:

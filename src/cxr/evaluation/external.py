@@ -22,11 +22,18 @@ from cxr.data.scan import Scan, scan_dataset
 from cxr.environment import record
 from cxr.errors import DatasetError
 from cxr.evaluation import calibration, leakage, operating_points, sources
-from cxr.evaluation.evaluate import Predictions, cross_entropy, predictions_frame, source_lines, write_scored_files
+from cxr.evaluation.evaluate import (
+    Predictions,
+    batch_predictor,
+    cross_entropy,
+    predictions_frame,
+    source_lines,
+    write_scored_files,
+)
 from cxr.evaluation.metrics import HEADLINE, clinical_metrics, format_interval
 from cxr.evaluation.report import write_report
-from cxr.inference.tta import check_tta, with_tta
-from cxr.model import load_model, predict_array
+from cxr.inference.tta import check_tta
+from cxr.model import load_model
 from cxr.run import EvalDir, Run, now
 
 __all__ = ["evaluate_external", "match_classes"]
@@ -94,9 +101,8 @@ def evaluate_external(
     model = load_model(run.model_path)
     images = load_split_images(None, scan.root, scored_frame["file"], int(model.input_shape[1]),
                                config.workers, progress, desc="decode external", echo=echo)
-    predict = with_tta(lambda batch: predict_array(model, batch, batch_size or max(32, config.batch_size)), tta)
     scored = Predictions(scored_frame, np.array([classes.index(label) for label in scored_frame["label"]]),
-                         predict(images))
+                         batch_predictor(model, config, batch_size, tta)(images))
     resamples = config.bootstrap if bootstrap is None else int(bootstrap)
     seed = config.bootstrap_seed if bootstrap_seed is None else int(bootstrap_seed)
     echo(f"external metrics with {resamples} stratified bootstrap resamples...")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cxr.data.scan import image_hashes
+from cxr.data.scan import check_image
 from cxr.data.split import HASH_COLUMNS, SPLITS, Split, hash_words
 from cxr.errors import DatasetError, ImageError
 
@@ -55,7 +55,7 @@ def run_hashes(split: Split, workers: int | None = None, progress: bool = True,
     echo(f"hashing the run's {len(frames)} images for the leakage check (its split predates hashes.csv)")
     paths = [Path(split.root) / name for name in frames["file"]]
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        results = list(tqdm(pool.map(_hashes_or_error, paths), total=len(paths), desc="hash run images",
+        results = list(tqdm(pool.map(check_image, paths), total=len(paths), desc="hash run images",
                             unit="img", disable=not progress))
     unreadable = [str(path) for path, result in zip(paths, results, strict=True) if isinstance(result, ImageError)]
     if unreadable:
@@ -66,13 +66,6 @@ def run_hashes(split: Split, workers: int | None = None, progress: bool = True,
     found["md5"] = [result[0] for result in results if not isinstance(result, ImageError)]
     found["phash"] = [result[1] for result in results if not isinstance(result, ImageError)]
     return found
-
-
-def _hashes_or_error(path: Path) -> tuple[str, str] | ImageError:
-    try:
-        return image_hashes(path)
-    except ImageError as error:
-        return error
 
 
 def find_overlap(external: pd.DataFrame, run: pd.DataFrame, max_distance: int, chunk: int = 256) -> pd.DataFrame:
