@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=version_line(),
                         help="the versions of cxr, Keras and the active backend, and exit")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_split, _add_train, _add_evaluate, _add_predict, _add_compare, _add_explain,
-                _add_serve, _add_export):
+    for add in (_add_demo, _add_download, _add_split, _add_train, _add_evaluate, _add_predict, _add_compare,
+                _add_explain, _add_serve, _add_export, _add_package):
         add(commands)
     return parser
 
@@ -244,6 +244,26 @@ def _add_serve(commands) -> None:
                             "of its evaluations chose them for this model)")
 
 
+def _add_download(commands) -> None:
+    download = commands.add_parser(
+        "download", help="download the COVID-19 Radiography Database from Kaggle (your Kaggle credentials)",
+        description="Download the dataset with Kaggle's client (kagglehub; pip install 'cxr[download]') and print "
+                    "the cxr train command to run next. Needs a Kaggle API token in ~/.kaggle/kaggle.json or in "
+                    "KAGGLE_USERNAME and KAGGLE_KEY.")
+    download.add_argument("--out", help="folder to download into (default: kagglehub's cache, ~/.cache/kagglehub)")
+
+
+def _add_package(commands) -> None:
+    package = commands.add_parser(
+        "package", help="gather a trained, evaluated run into one folder to hand on (model files, card, report)",
+        description="Gather what another person needs into a new folder: model.keras (and model.onnx when exported) "
+                    "carrying the class names, input contract, temperature and operating points; the model card as "
+                    "README.md; the newest evaluation's report.html, metrics and tables; external evaluations; the "
+                    "training record. cxr predict DIR and cxr serve DIR accept the folder.")
+    package.add_argument("run", help="a run folder whose current model.keras has been evaluated")
+    package.add_argument("--out", required=True, help="the folder to create (must not exist)")
+
+
 def _add_export(commands) -> None:
     export = commands.add_parser("export", help="export a trained model for inference without TensorFlow")
     export.add_argument("model", help="a model.keras file, or a run folder")
@@ -392,6 +412,20 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_download(args: argparse.Namespace) -> int:
+    from cxr.data.download import download_dataset
+
+    download_dataset(args.out)
+    return 0
+
+
+def run_package(args: argparse.Namespace) -> int:
+    from cxr.package import package_run
+
+    package_run(args.run, args.out)
+    return 0
+
+
 def run_export(args: argparse.Namespace) -> int:
     # tf2onnx converts TensorFlow graphs; a .keras file from any backend loads on TensorFlow.
     if "keras" not in sys.modules:
@@ -404,7 +438,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 COMMANDS = {"demo": run_demo, "split": run_split, "train": run_train, "evaluate": run_evaluate,
             "predict": run_predict, "compare": run_compare, "explain": run_explain, "export": run_export,
-            "serve": run_serve}
+            "serve": run_serve, "package": run_package, "download": run_download}
 
 
 # The commands that run a model: as a program they re-execute with a faster allocator (cxr.allocator).

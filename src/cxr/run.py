@@ -354,6 +354,15 @@ class Run:
         found = self.evaluations(interrupted=False)
         return found[0] if found else None
 
+    def evaluation_of(self, model_path: str | os.PathLike | None = None, external: bool = False) -> list[EvalDir]:
+        """The complete evaluations of this very model file (matched by SHA-256 as for temperature()),
+        newest first: the run's own (not an interrupted training's), or with `external` its external ones.
+        """
+        digest = self._model_digest(model_path)
+        found = self.external_evaluations() if external else self.evaluations(interrupted=False)
+        return [evaluation for evaluation in found
+                if _made_for((evaluation.read_metrics() or {}).get("calibration") or {}, digest)]
+
     def has_final_eval(self) -> bool:
         """Whether training's own final evaluation (eval/) was written."""
         return (self.path / "eval").is_dir()

@@ -162,3 +162,32 @@ def test_cxr_uses_only_keras_public_api():
             private += [f"{path.name}: {name}" for name in names if name.startswith("keras.src")]
     assert private == []
 
+
+
+def test_a_package_of_an_exported_run_carries_the_onnx_file_described_alike(exported, tmp_path):
+    from cxr.model_metadata import read_description
+    from cxr.package import package_run
+
+    package_run(exported, tmp_path / "package", echo=lambda _: None)
+    keras_description = read_description(tmp_path / "package" / "model.keras")
+    onnx_description = read_description(tmp_path / "package" / "model.onnx")
+    assert onnx_description == keras_description and "temperature" in onnx_description
+    predictor = load_predictor(tmp_path / "package", calibrated=True)
+    assert predictor.engine == "onnx"  # the packaged export is of the packaged model.keras
+    assert predictor.metadata["source_sha256"] == files.sha256(tmp_path / "package" / "model.keras")
+    assert float(predictor.metadata["temperature"]) == keras_description["temperature"]
+    alone = shutil.copyfile(tmp_path / "package" / "model.onnx", tmp_path / "alone.onnx")
+    assert load_predictor(alone, calibrated=True).classes == CLASSES
+
+
+def test_a_stale_export_is_left_out_of_a_package_with_a_note(exported, tmp_path):
+    from cxr.evaluation.evaluate import evaluate_run
+    from cxr.package import package_run
+
+    keras_file = exported / "model.keras"
+    keras_file.write_bytes(keras_file.read_bytes() + b"\0")  # trained further after the export
+    evaluate_run(exported, progress=False, echo=lambda *_: None, bootstrap=20)
+    notes = []
+    result = package_run(exported, tmp_path / "package", echo=notes.append)
+    assert "model.onnx" not in result["files"] and not (tmp_path / "package" / "model.onnx").exists()
+    assert any("left out: it was exported from an earlier model.keras" in note for note in notes)

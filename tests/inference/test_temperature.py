@@ -21,7 +21,7 @@ def test_a_model_file_outside_a_run_is_told_so(tmp_path):
     copied = tmp_path / "model.keras"
     copied.write_bytes(b"not read")
     assert find_temperature(copied) is None
-    with pytest.raises(UserError, match=f"no temperature for {copied}: it is not in a run folder, where "
-                                        "evaluations keep the temperature they fit; predict from the model "
-                                        "inside its run, or leave out --calibrated"):
+    with pytest.raises(UserError, match=f"no temperature for {copied}: the file carries none and it is not in a "
+                                        "run folder, where evaluations keep the temperature they fit; predict from "
+                                        "the model inside its run, hand it on with cxr package RUN --out DIR"):
         require_temperature(copied)

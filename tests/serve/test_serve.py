@@ -199,7 +199,29 @@ def test_trained_is_the_end_of_training_from_the_run_records_not_a_file_time(tin
     (tmp_path / "bare").mkdir()
     bare = shutil.copy(tiny_run / "model.keras", tmp_path / "bare" / "model.keras")
     info = TestClient(create_app(bare, engine="keras", load_in_background=False)).get("/v1/model").json()
+    assert info["trained"] == ended and info["classes"] == CLASSES  # the file describes itself
+    from cxr.model import load_model
+
+    load_model(bare).save(tmp_path / "bare" / "older.keras")  # saved by Keras alone: no description
+    info = TestClient(create_app(tmp_path / "bare" / "older.keras", engine="keras",
+                                 load_in_background=False)).get("/v1/model").json()
     assert info["trained"] == "unknown" and info["classes"] == ["class_0", "class_1", "class_2", "class_3"]
+
+
+def test_a_package_is_served_with_the_temperature_and_operating_points_it_carries(tiny_run, tmp_path, sample):
+    from cxr.package import package_run
+    from cxr.run import Run
+
+    package_run(tiny_run, tmp_path / "package", echo=lambda _: None)
+    served = TestClient(create_app(tmp_path / "package", engine="keras", load_in_background=False))
+    info = served.get("/v1/model").json()
+    assert info["classes"] == CLASSES and info["temperature"] == Run(tiny_run).temperature()[0]
+    assert info["operating_points"] == Run(tiny_run).operating_points()[0]
+    assert info["temperature_file"] == info["operating_points_file"] == str(tmp_path / "package" / "model.keras")
+    tested = Run(tiny_run).evaluation_of()[0].read_metrics()["clinical"]["overall"]["accuracy"]
+    assert info["test_metrics"]["overall_accuracy"] == tested  # from the package's metrics.json
+    image = next((sample / "COVID" / "images").glob("*.png")).read_bytes()
+    assert post(served, image).json()["temperature"] == info["temperature"]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ def test_a_run_folder_holds_everything_it_promises(tiny_run):
         "eval/confusion_matrix.csv", "eval/confusion_matrix.png", "eval/metrics.json", "eval/metrics_per_class.csv",
         "eval/reliability.csv", "eval/reliability.png", "eval/predictions_test.csv", "eval/report.html",
         "eval/roc_pr.png", "eval/gradcam_test.png", "eval/training_curves.png",
-        "eval/operating_points.json", "eval/operating_points.csv",
+        "eval/operating_points.json", "eval/operating_points.csv", "eval/MODEL_CARD.md",
         "eval/predictions_train.csv", "eval/predictions_val.csv", "history.csv", "model.keras",
         "split/dataset.yaml", "split/duplicates.csv", "split/hashes.csv", "split/skipped.csv", "split/test.csv",
         "split/train.csv", "split/val.csv",

@@ -26,6 +26,7 @@ from cxr.environment import record
 from cxr.errors import DatasetError
 from cxr.evaluation import calibration, operating_points, sources
 from cxr.evaluation.metrics import HEADLINE, clinical_metrics, format_interval, per_class_frame
+from cxr.evaluation.model_card import write_model_card
 from cxr.evaluation.plots import (
     plot_confusion_matrix,
     plot_gradcam_grid,
@@ -265,6 +266,7 @@ def write_evaluation(out: EvalDir, metrics: dict, predictions: dict[str, Predict
         plot_training_curves(history, out.figure("training_curves"))
     files.write_json(out.metrics, metrics)
     write_report(metrics, config.to_dict(), split, out)
+    write_model_card(run, metrics, out)
 
 
 def write_scored_files(out: EvalDir, metrics: dict, test: Predictions, classes: list[str], model: keras.Model,

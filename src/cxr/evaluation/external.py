@@ -31,6 +31,7 @@ from cxr.evaluation.evaluate import (
     write_scored_files,
 )
 from cxr.evaluation.metrics import HEADLINE, clinical_metrics, format_interval
+from cxr.evaluation.model_card import write_model_card
 from cxr.evaluation.report import write_report
 from cxr.inference.tta import check_tta
 from cxr.model import load_model
@@ -119,6 +120,7 @@ def evaluate_external(
         files.write_csv(out.table("skipped"), scan.skipped)
     files.write_json(out.metrics, metrics)
     write_report(metrics, config.to_dict(), None, out)
+    write_model_card(run, metrics, out)
     for line in summary_lines(metrics, run, out):
         echo(line)
     return {**metrics, "eval_dir": str(out.path)}

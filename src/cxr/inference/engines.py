@@ -7,7 +7,6 @@ runs where only ONNX Runtime is installed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import numpy as np
 from cxr import files
 from cxr.errors import UserError
 from cxr.inference.tta import check_tta, with_tta
+from cxr.model_metadata import onnx_description, read_description
 from cxr.run import Run
 
 __all__ = ["ENGINES", "keras_predictor", "load_predictor", "model_classes", "onnx_predictor", "Predictor"]
@@ -36,12 +36,19 @@ class Predictor:
     path: Path
     precision: str = "fp32"
     metadata: dict[str, str] = field(default_factory=dict)
+    description: dict = field(default_factory=dict)  # what the file says about itself (cxr.model_metadata)
 
 
-def model_classes(model_path: str | os.PathLike, n_outputs: int) -> list[str]:
-    """Class names from the run the model sits in; generic names (class_0, ...) for a bare file."""
-    run = Run.containing(model_path)
-    classes = run.config().classes if run else None
+def model_classes(model_path: str | os.PathLike, n_outputs: int, description: dict | None = None) -> list[str]:
+    """Class names: from the file's own description, else from the run it sits in; generic names
+    (class_0, ...) for an older bare file.
+    """
+    if description is None:
+        description = read_description(model_path)
+    classes = description.get("classes")
+    if not classes:
+        run = Run.containing(model_path)
+        classes = run.config().classes if run else None
     if classes and len(classes) == n_outputs:
         return list(classes)
     return [f"class_{i}" for i in range(n_outputs)]
@@ -55,10 +62,11 @@ def keras_predictor(path: str | os.PathLike, batch_size: int = 32, precision: st
     model = load_model(path)
     if precision is not None:
         model = with_precision(model, precision)
+    description = read_description(path)
     return Predictor(predict=lambda images: predict_array(model, images, batch_size),
-                     classes=model_classes(path, int(model.output_shape[-1])),
+                     classes=model_classes(path, int(model.output_shape[-1]), description),
                      image_size=int(model.input_shape[1]), engine="keras", path=Path(path),
-                     precision=model_precision(model))
+                     precision=model_precision(model), description=description)
 
 
 def _onnx_session(path: str | os.PathLike):
@@ -79,9 +87,10 @@ def onnx_predictor(path: str | os.PathLike, batch_size: int = 32) -> Predictor:
     """An exported model on ONNX Runtime, with the class names its metadata carries."""
     session = _onnx_session(path)
     metadata = dict(session.get_modelmeta().custom_metadata_map)  # what `cxr export` wrote
+    description = onnx_description(metadata)
     model_input = session.get_inputs()[0]
     n_outputs = int(session.get_outputs()[0].shape[-1])
-    classes = json.loads(metadata["classes"]) if "classes" in metadata else model_classes(path, n_outputs)
+    classes = model_classes(path, n_outputs, description)
 
     def predict(images: np.ndarray) -> np.ndarray:
         parts = [session.run(None, {model_input.name: np.ascontiguousarray(images[start:start + batch_size])})[0]
@@ -89,7 +98,7 @@ def onnx_predictor(path: str | os.PathLike, batch_size: int = 32) -> Predictor:
         return np.concatenate(parts) if parts else np.empty((0, n_outputs), dtype="float32")
 
     return Predictor(predict=predict, classes=classes, image_size=int(model_input.shape[1]), engine="onnx",
-                     path=Path(path), metadata=metadata)
+                     path=Path(path), metadata=metadata, description=description)
 
 
 def load_predictor(

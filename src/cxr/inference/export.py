@@ -8,7 +8,6 @@ checked against Keras on probe images before it is written.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import warnings
@@ -19,6 +18,7 @@ import numpy as np
 
 from cxr import __version__, files
 from cxr.errors import UserError
+from cxr.model_metadata import describe, read_description, with_description
 from cxr.run import Run
 
 __all__ = ["export_onnx", "ExportError", "INPUT_NAME", "OPSET", "probe_images", "TOLERANCE"]
@@ -92,8 +92,9 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Write `model.onnx` (or `out`) for a .keras model or run folder; never overwrites.
 
-    The file carries the class names, the image size, when the run's training ended (if known) and
-    the SHA-256 of the .keras file it came from (so a model trained further after the export is not
+    The file carries its description (cxr.model_metadata: class names, input contract, training record,
+    and the temperature and operating points when the .keras file carries them), when the run's training
+    ended (if known) and the SHA-256 of the .keras file it came from (so a model trained further after the export is not
     served from a stale ONNX file); `metadata` adds entries of the caller's. Raises
     ExportError when ONNX Runtime's outputs differ from Keras' by more than 1e-4 on the probe images.
     """
@@ -120,10 +121,13 @@ def export_onnx(
     proto = _to_onnx(model, size)
     run = Run.containing(model_path)
     summary = run.training_summary() if run else None
-    onnx.helper.set_model_props(proto, {
-        "classes": json.dumps(classes), "image_size": str(size), "source_model": model_path.name,
-        "source_sha256": files.sha256(model_path), "cxr_version": __version__,
-        **({"trained": summary["ended"]} if summary and summary.get("ended") else {}), **(metadata or {})})
+    carried = read_description(model_path)  # what the .keras file says of itself, temperature and points too
+    description = {**describe(classes, size, run=run.path.name if run else None, trained=summary), **carried,
+                   "classes": classes, "image_size": size}
+    onnx.helper.set_model_props(proto, with_description({
+        "source_model": model_path.name, "source_sha256": files.sha256(model_path), "cxr_version": __version__,
+        **({"trained": summary["ended"]} if summary and summary.get("ended") else {}), **(metadata or {})},
+        description))
 
     probe = probe_images(size)
     session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])

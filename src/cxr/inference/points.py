@@ -23,7 +23,8 @@ def load_operating_points(source: str | os.PathLike, predictor) -> tuple[dict, P
     """The operating points for a loaded model, from a run folder or an operating_points.json file.
 
     Args:
-        source: a run folder (its newest evaluation of the predictor's model that chose them) or a file.
+        source: a run folder (its newest evaluation of the predictor's model that chose them), an
+            operating_points.json, or a model file or `cxr package` folder (the points written into the model).
         predictor: the loaded Predictor (its classes are checked against the points').
 
     Returns:
@@ -33,11 +34,19 @@ def load_operating_points(source: str | os.PathLike, predictor) -> tuple[dict, P
         UserError: no points in the run for this model, an unreadable file, or points of other classes.
     """
     path = Path(source)
-    if path.is_dir():
-        found = Run(path).operating_points(predictor.path)  # chosen for this very model (by its SHA-256)
+    is_model = path.is_dir() or path.suffix in (".keras", ".onnx")
+    run = (Run(path) if path.is_dir() else Run.containing(path)) if is_model else None
+    if run is not None and run.config_path.is_file():
+        found = run.operating_points(predictor.path)  # chosen for this very model (by its SHA-256)
         if found is None:
-            raise UserError(f"{path} has no evaluation with operating points for this model (run: cxr evaluate {path})")
+            raise UserError(f"{path} has no evaluation with operating points for this model (run: cxr evaluate "
+                            f"{run})")
         points, path = found
+    elif is_model:  # a model handed on alone (a `cxr package` folder, a model file): the points written into it
+        points = predictor.description.get("operating_points")
+        if not points:
+            raise UserError(f"{path} carries no operating points (cxr package RUN writes them into the model files)")
+        path = predictor.path
     else:
         try:
             points = json.loads(path.read_text(encoding="utf-8"))

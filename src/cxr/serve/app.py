@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import sys
 import threading
@@ -99,6 +100,9 @@ class ServedModel:
         elif self.run is not None and (found := self.run.operating_points(self.model_path)) is not None:
             check_classes(found[0], self.predictor.classes)
             self.operating_points, self.operating_points_file = found
+        elif self.run is None and (points := self.predictor.description.get("operating_points")):
+            check_classes(points, self.predictor.classes)  # written into a handed-on model file
+            self.operating_points, self.operating_points_file = points, self.predictor.path
 
     def describe(self) -> str:
         """One line for the console: what is served, and with which temperature and explanations."""
@@ -150,6 +154,9 @@ class ServedModel:
                 "explanations_note": self.explain_note, "trained": self.trained()}
         evaluation = self.run.latest_eval() if self.run else None
         metrics = evaluation.read_metrics() if evaluation else None
+        beside = self.model_path.parent / "metrics.json"  # a `cxr package` folder keeps its evaluation's
+        if self.run is None and beside.is_file():
+            metrics = json.loads(beside.read_text(encoding="utf-8"))
         if metrics:  # the headline metrics, as <group>_<name>: {value, ci_low, ci_high}
             clinical = metrics.get("clinical") or {}
             info["test_metrics"] = {"images": metrics["splits"].get("test", {}).get("images"),
@@ -158,13 +165,14 @@ class ServedModel:
         return info
 
     def trained(self) -> str:
-        """When training ended, from the run's own records (not a file time, which a copy changes); for an
-        exported file without its run, what the export recorded; otherwise "unknown".
+        """When training ended, from the run's own records (not a file time, which a copy changes); for a
+        model file without its run, what the file records of itself; otherwise "unknown".
         """
         summary = self.run.training_summary() if self.run else None
         if summary and summary.get("ended"):
             return summary["ended"]
-        return self.predictor.metadata.get("trained") or "unknown"
+        carried = (self.predictor.description.get("trained") or {}).get("ended")
+        return carried or self.predictor.metadata.get("trained") or "unknown"
 
 
 def default_max_batch(engine: str) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from cxr import allocator, files
+from cxr import allocator
 from cxr.backend import enable_compilation_cache, enable_determinism
 from cxr.config import Config
 from cxr.data.batches import ImageBatches, balanced_class_weights, label_indices
@@ -35,6 +34,7 @@ from cxr.environment import record
 from cxr.errors import ConfigError, DatasetError, UserError
 from cxr.evaluation.evaluate import evaluate_run
 from cxr.model import build_model, compile_model, load_model, resolve_weights, warmup_cosine
+from cxr.model_metadata import describe, write_keras_with_description
 from cxr.precision import hardware_note, model_precision
 from cxr.run import Run
 from cxr.training import distribute
@@ -498,9 +498,17 @@ def _finish(run: Run, config: Config, loop: Loop, state: dict[str, Any] | None, 
     echo(f"training {status} after epoch {done} of {config.epochs}; "
          + (f"the best epoch ({best}) is kept as model.keras" if best
             else "no epoch improved on the initial weights, which are kept as model.keras"))
-    with files.atomic_path(run.model_path) as tmp:
-        shutil.copyfile(kept, tmp)
+    _write_described_model(run, config, kept)
     return status
+
+
+def _write_described_model(run: Run, config: Config, kept: Path) -> None:
+    """model.keras: the kept checkpoint, carrying its class names, input contract and training record
+    (cxr.model_metadata), so that the file alone is enough to predict with.
+    """
+    description = describe(config.classes or run.config().classes, config.image_size, run=run.path.name,
+                           trained=run.training_summary(), recipe=config.recipe, backend=keras.backend.backend())
+    write_keras_with_description(kept, run.model_path, description)
 
 
 def _status(config: Config, loop: Loop, state: dict[str, Any] | None, stopped: TrainingStopped | None, *,

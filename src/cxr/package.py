@@ -1,0 +1,124 @@
+"""`cxr package RUN --out DIR`: one folder with what another person needs to use and judge a trained model.
+
+The folder holds the model files, each carrying its description with the run's temperature and operating
+points (cxr.model_metadata), the model card as README.md (the name the Hugging Face Hub and GitHub show),
+the newest evaluation's report, metrics and tables, any external evaluations' reports and metrics, and the
+training record. It is not a run folder (no config.yaml at its top), so `cxr predict DIR` and `cxr serve DIR`
+use what the model files say about themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cxr import files
+from cxr.errors import UserError
+from cxr.evaluation.model_card import CARD_FILE
+from cxr.model_metadata import describe, read_description, with_description, write_keras_with_description
+from cxr.run import MODEL_FILE, EvalDir, Run
+
+__all__ = ["EVALUATION_FILES", "package_run"]
+
+# What an evaluation folder contributes, where it has it.
+EVALUATION_FILES = ("report.html", "metrics.json", "calibration.json", "operating_points.json",
+                    "operating_points.csv", "classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
+                    "metrics_per_class.csv", "metrics_per_source.csv")
+TRAINING_FILES = ("config.yaml", "history.csv", "split/dataset.yaml", "split/duplicates.csv", "split/skipped.csv")
+
+
+def package_run(run_dir: str | os.PathLike, out: str | os.PathLike,
+                echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Gather a trained and evaluated run into a new folder `out` (which must not exist).
+
+    Args:
+        run_dir: the run folder; its model.keras must have been evaluated (`cxr evaluate RUN`).
+        out: the folder to create; it appears complete or not at all.
+        echo: where progress goes.
+
+    Returns:
+        {"path", "files", "evaluation", "temperature", "operating_points"}.
+
+    Raises:
+        FileExistsError: `out` exists.
+        UserError: not a trained run, or no evaluation of its current model.
+    """
+    run, out = Run(run_dir), Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists; choose a new folder with --out")
+    if not run.config_path.is_file() or not run.model_path.is_file():
+        raise UserError(f"{run} is not a trained run folder (it needs config.yaml and {MODEL_FILE})")
+    evaluations = run.evaluation_of(run.model_path)
+    if not evaluations:
+        raise UserError(f"{run.model_path} has not been evaluated since it was last trained; run: cxr evaluate {run}")
+    evaluation = evaluations[0]
+    temperature = run.temperature(run.model_path)
+    points = run.operating_points(run.model_path)
+    config = run.config()
+    description = {**describe(config.classes, config.image_size, run=run.path.name, trained=run.training_summary(),
+                              recipe=config.recipe, backend=(run.environment() or {}).get("backend")),
+                   **read_description(run.model_path),
+                   "temperature": temperature[0] if temperature else None,
+                   "operating_points": points[0] if points else None, "evaluation": evaluation.name}
+    description = {key: value for key, value in description.items() if value is not None}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        written = _gather(run, evaluation, description, staging, echo)
+        os.replace(staging, out)  # the folder appears whole, or not at all
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    echo(f"packaged {run} into {out}: {', '.join(written)}")
+    echo(f"use it with: cxr predict {out} IMAGE...   or: cxr serve {out}")
+    return {"path": str(out), "files": written, "evaluation": str(evaluation.path),
+            "temperature": description.get("temperature"), "operating_points": bool(points)}
+
+
+def _gather(run: Run, evaluation: EvalDir, description: dict, folder: Path, echo: Callable[[str], None]) -> list[str]:
+    written = []
+
+    def copy(source: Path, name: str) -> None:
+        if source.is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, folder / name)
+            written.append(name)
+
+    write_keras_with_description(run.model_path, folder / MODEL_FILE, description)
+    written.append(MODEL_FILE)
+    onnx_file = run.model_path.with_suffix(".onnx")
+    if onnx_file.is_file():
+        written += _onnx_copy(run, onnx_file, folder, description, echo)
+    copy(evaluation.path / CARD_FILE, "README.md")
+    for name in EVALUATION_FILES:
+        copy(evaluation.path / name, name)
+    for external in run.evaluation_of(run.model_path, external=True):
+        for name in ("report.html", "metrics.json", CARD_FILE):
+            copy(external.path / name, f"{external.name}/{name}")
+    for name in TRAINING_FILES:
+        copy(run.path / name, f"training/{name}")
+    return written
+
+
+def _onnx_copy(run: Run, onnx_file: Path, folder: Path, description: dict, echo: Callable[[str], None]) -> list[str]:
+    """The run's ONNX export with the same description, when it is an export of the current model.keras."""
+    try:
+        import onnx
+    except ImportError:
+        echo(f"note: {onnx_file} left out: rewriting its metadata needs the onnx package (pip install 'cxr[onnx]')")
+        return []
+    proto = onnx.load(str(onnx_file))
+    props = {prop.key: prop.value for prop in proto.metadata_props}
+    if props.get("source_sha256") != files.sha256(run.model_path):
+        echo(f"note: {onnx_file} left out: it was exported from an earlier {MODEL_FILE} "
+             f"(export again: cxr export {run})")
+        return []
+    props = with_description({**props, "source_sha256": files.sha256(folder / MODEL_FILE)}, description)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(folder / "model.onnx"))
+    return ["model.onnx"]
+
