@@ -19,6 +19,9 @@ Modes:
     .venv/bin/python benchmarks/recipe.py [--data DIR] [--recipes reference,augmented-cosine] [--folds 3]
         [--seeds 0,1] [--size 96] [--epochs 12] [--weights none|PATH] [--ablation] [--backbone densenet169]
 
+Started again with the same --work, it keeps the runs that finished (their seconds are then the epochs'
+own, from history.csv) and goes on with the rest.
+
 Budget on this project's 2-core machines: DenseNet169 at 128 px costs about 40 s an epoch on 300 images
 with validation, plus about 90 s for the first step; at 96 px about half. The default (2 recipes x 3 folds x
 2 seeds, 96 px, 12 epochs) is planned to finish in about 90 minutes there. Prints a table and writes
@@ -102,15 +105,20 @@ def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.
                *variant.flags, "--runs-dir", str(runs_dir), "--name", "cv", "--image-size", str(args.size),
                "--epochs", str(args.epochs), "--weights", args.weights, "--backbone", args.backbone,
                "--bootstrap", "0", "--seed", str(seed), "--ask-epoch", "0", "--cache-dir", str(args.cache)]
+    finished = [p for p in runs_dir.iterdir() if (p / "eval" / "metrics.json").is_file()]
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    run = max((p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()), key=lambda p: p.stat().st_mtime)
+    if finished:  # a benchmark started again with the same --work: this run was done, keep it
+        run = finished[0]
+    else:
+        result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        run = max((p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()), key=lambda p: p.stat().st_mtime)
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     clinical = metrics["clinical"]
     history = pd.read_csv(run / "history.csv")
-    return {"run": str(run), "seconds": round(time.monotonic() - started, 1), "epochs_run": int(len(history)),
+    seconds = float(history["seconds"].sum()) if finished else time.monotonic() - started
+    return {"run": str(run), "reused": bool(finished), "seconds": round(seconds, 1), "epochs_run": int(len(history)),
             "accuracy": clinical["overall"]["accuracy"]["value"],
             "balanced_accuracy": clinical["overall"]["balanced_accuracy"]["value"],
             "macro_f1": clinical["macro"]["f1"]["value"],
