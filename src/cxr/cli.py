@@ -95,6 +95,9 @@ def _add_train(commands) -> None:
     train.add_argument("--image-size", type=int, help="square input size in pixels (default 224)")
     train.add_argument("--learning-rate", type=float, help="Adamax learning rate (default 0.001)")
     train.add_argument("--weights", help="imagenet (default), none, or a DenseNet169 no-top .h5 file")
+    train.add_argument("--init-from", metavar="RUN",
+                       help="start from a trained run's model (or a .keras file, or a cxr package folder): its "
+                            "backbone, and its head when the classes are the same; --weights is then not used")
     train.add_argument("--backbone", choices=BACKBONES, help="default densenet169")
     train.add_argument("--precision", choices=PRECISIONS,
                        help="fp32 (default), or mixed precision: bf16/fp16 compute, float32 weights (GPUs; "

@@ -55,6 +55,9 @@ class Config:
     epochs: int = 100
     learning_rate: float = 0.001
     weights: str = "imagenet"  # imagenet | none | path to a DenseNet169 no-top .h5
+    # Start from a trained run's (or .keras file's) weights instead: its backbone, and its head when the
+    # classes are the same (cxr.training.init_from). `weights` is then not used.
+    init_from: str | None = None
     backbone: str = "densenet169"  # densenet169 | tiny (a small CNN for tests and smoke runs)
     # Momentum of the backbone's batch-norm statistics; null keeps Keras' 0.99. Short runs from
     # scratch need 0.9, or inference-mode statistics lag the weights and validation sits at chance.

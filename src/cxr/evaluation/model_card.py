@@ -44,6 +44,8 @@ def _front_matter(config: dict, classes: list[str]) -> str:
 def _details(metrics: dict, config: dict, environment: dict) -> str:
     weights = {"imagenet": "ImageNet-pretrained", "none": "random (trained from scratch)"}.get(
         config["weights"], f"from {config['weights']}")
+    if config.get("init_from"):
+        weights = f"the trained model {config['init_from']} (--init-from; see init_from.json)"
     software = metrics.get("software") or {}
     rows = [["architecture", f"{config['backbone']} backbone (initial weights: {weights}) with cxr's dense head"],
             ["input", f"{config['image_size']} x {config['image_size']}: {INPUT_CONTRACT}"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from cxr import allocator
+from cxr import allocator, files
 from cxr.backend import enable_compilation_cache, enable_determinism
 from cxr.config import Config
 from cxr.data.batches import ImageBatches, balanced_class_weights, label_indices
@@ -41,6 +42,7 @@ from cxr.training import distribute
 from cxr.training.checkpoint import RunCheckpoint, WithinEpoch, set_seed_states
 from cxr.training.controller import AdaptiveLR, current_learning_rate
 from cxr.training.history import EpochLog
+from cxr.training.init_from import INIT_RECORD, initialise_from, parent_model
 from cxr.training.progress import ProgressLines
 from cxr.training.prompt import AskToContinue
 from cxr.training.stopping import Status, StopGuard, StopSignals, TrainingStopped, terminal_reader
@@ -192,7 +194,10 @@ def _check_inputs(config: Config) -> None:
     for kind, folder in (("dataset", config.data), ("split", config.split)):
         if folder and not Path(folder).expanduser().is_dir():
             raise DatasetError(f"{kind} folder not found: {folder}")
-    resolve_weights(config.weights, config.backbone)
+    if config.init_from:
+        parent_model(config.init_from)  # the weights come from there; --weights is not used
+    else:
+        resolve_weights(config.weights, config.backbone)
 
 
 def _record_new_run(run: Run, config: Config, split: Split, echo: Callable[[str], None]) -> None:
@@ -338,8 +343,12 @@ def _build_or_restore(source: Run, config: Config, state: dict[str, Any] | None,
             note = hardware_note(config.precision)
             if note:
                 echo(f"note: {note}")
-            model = build_model(len(config.classes), config.image_size, config.weights, config.backbone,
+            weights = "none" if config.init_from else config.weights
+            model = build_model(len(config.classes), config.image_size, weights, config.backbone,
                                 config.bn_momentum, config.precision, flip=config.flip, augment=config.augment)
+            if config.init_from:
+                files.write_json(source.path / INIT_RECORD,
+                                 initialise_from(model, config.init_from, config.classes, echo))
             rate = config.learning_rate
             if config.scale_learning_rate and batch != config.batch_size:
                 rate = distribute.scaled_learning_rate(config.learning_rate, config.batch_size, batch)
@@ -508,6 +517,9 @@ def _write_described_model(run: Run, config: Config, kept: Path) -> None:
     """
     description = describe(config.classes or run.config().classes, config.image_size, run=run.path.name,
                            trained=run.training_summary(), recipe=config.recipe, backend=keras.backend.backend())
+    started = run.path / INIT_RECORD
+    if started.is_file():  # where a run started with --init-from came from
+        description["init_from"] = json.loads(started.read_text(encoding="utf-8"))
     write_keras_with_description(kept, run.model_path, description)
 
 
