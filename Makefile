@@ -17,7 +17,7 @@ $(VENV)/.installed-demo: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install -c constraints.txt -e ".[$(TF_EXTRA),jax,onnx,dicom,serve,download,dev]"
+	$(PIP) install -c constraints.txt -e ".[$(TF_EXTRA),jax,onnx,dicom,serve,download,tensorboard,dev]"
 	touch $@ $(VENV)/.installed-demo
 
 demo: $(VENV)/.installed-demo

@@ -95,6 +95,11 @@ def _add_train(commands) -> None:
     train.add_argument("--image-size", type=int, help="square input size in pixels (default 224)")
     train.add_argument("--learning-rate", type=float, help="Adamax learning rate (default 0.001)")
     train.add_argument("--weights", help="imagenet (default), none, or a DenseNet169 no-top .h5 file")
+    train.add_argument("--tensorboard", action="store_true", default=None,
+                       help="write Keras' TensorBoard logs into RUN/tensorboard/ (default: when the tensorboard "
+                            "package is installed)")
+    train.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                       help="no TensorBoard logs")
     train.add_argument("--init-from", metavar="RUN",
                        help="start from a trained run's model (or a .keras file, or a cxr package folder): its "
                             "backbone, and its head when the classes are the same; --weights is then not used")

@@ -92,6 +92,8 @@ class Config:
     # Minutes between saves inside an epoch (a stop signal saves too); 0: only at epoch ends. An epoch
     # shorter than this is never saved inside, so small runs pay nothing.
     checkpoint_every: float = 10.0
+    # Keras' TensorBoard logs in RUN/tensorboard/: null = when the tensorboard package is installed.
+    tensorboard: bool | None = None
     precision: str = "fp32"  # fp32 | bf16 | fp16 (Keras mixed precision: float32 weights, bf16/fp16 compute)
     # Data parallelism (see cxr.training.distribute): auto uses every local GPU (and every process of a job);
     # the global batch is per_device_batch x devices when set, else batch_size; scale_learning_rate
@@ -129,6 +131,8 @@ class Config:
              and 0 <= self.label_smoothing < 1,
              f"label_smoothing must be a number in [0, 1), got {self.label_smoothing!r}")
         need(isinstance(self.class_balance, bool), f"class_balance must be true or false, got {self.class_balance!r}")
+        need(self.tensorboard is None or isinstance(self.tensorboard, bool),
+             f"tensorboard must be true, false or null, got {self.tensorboard!r}")
         need(self.optimizer in OPTIMIZERS,
              f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         need(isinstance(self.weight_decay, (int, float)) and not isinstance(self.weight_decay, bool)

@@ -1,5 +1,6 @@
 """Training and evaluation with the tiny backbone on phantoms: the run folder's contract."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -16,7 +17,11 @@ from cxr.training.loop import train
 
 
 def test_a_run_folder_holds_everything_it_promises(tiny_run):
-    names = sorted(p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*") if p.is_file())
+    names = sorted(p.relative_to(tiny_run).as_posix() for p in tiny_run.rglob("*")
+                   if p.is_file() and not p.relative_to(tiny_run).as_posix().startswith("tensorboard/"))
+    # Keras' TensorBoard logs, by default when the tensorboard package is installed (their names hold a time)
+    boards = sorted(p.parent.name for p in (tiny_run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert boards == (["train", "validation"] if importlib.util.find_spec("tensorboard") else [])
     best = json.loads((tiny_run / "checkpoints" / "state.json").read_text())["best_model"]
     assert names == sorted([
         ".lock", ".lock.pid", f"checkpoints/{best}", "checkpoints/epoch-0002.keras", "checkpoints/state.json",
@@ -27,7 +32,7 @@ def test_a_run_folder_holds_everything_it_promises(tiny_run):
         "eval/operating_points.json", "eval/operating_points.csv", "eval/MODEL_CARD.md",
         "eval/predictions_train.csv", "eval/predictions_val.csv", "history.csv", "model.keras",
         "split/dataset.yaml", "split/duplicates.csv", "split/hashes.csv", "split/skipped.csv", "split/test.csv",
-        "split/train.csv", "split/val.csv",
+        "split/train.csv", "split/val.csv", "train.log",
     ])
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from cxr import files as outputs
+from cxr import logs
 from cxr.data.images import load_image
 from cxr.errors import DatasetError, ImageError
 
@@ -55,8 +55,7 @@ def decode_into(
             failures.append(f"{error.path}: {error.reason}")
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for _ in tqdm(pool.map(load, range(len(paths))), total=len(paths), desc=desc,
-                      unit="img", disable=not progress):
+        for _ in logs.progress(pool.map(load, range(len(paths))), len(paths), desc, enabled=progress):
             pass
     if failures:
         raise unreadable_images(failures)

@@ -16,8 +16,8 @@ from pathlib import Path
 import imagehash
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
+from cxr import logs
 from cxr.data.images import decode_gray, looks_like_image, read_bytes
 from cxr.errors import DatasetError, ImageError
 
@@ -133,7 +133,7 @@ def scan_dataset(
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(check_image, [path for _, path in jobs])
-        bar = tqdm(results, total=len(jobs), desc="scan", unit="img", disable=not progress)
+        bar = logs.progress(results, len(jobs), "scan", enabled=progress)
         for (label, path), result in zip(jobs, bar, strict=True):
             relative = path.relative_to(root).as_posix()
             if isinstance(result, ImageError):

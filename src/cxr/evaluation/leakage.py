@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from cxr import logs
 from cxr.data.scan import check_image
 from cxr.data.split import HASH_COLUMNS, SPLITS, Split, hash_words
 from cxr.errors import DatasetError, ImageError
@@ -55,8 +55,7 @@ def run_hashes(split: Split, workers: int | None = None, progress: bool = True,
     echo(f"hashing the run's {len(frames)} images for the leakage check (its split predates hashes.csv)")
     paths = [Path(split.root) / name for name in frames["file"]]
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        results = list(tqdm(pool.map(check_image, paths), total=len(paths), desc="hash run images",
-                            unit="img", disable=not progress))
+        results = list(logs.progress(pool.map(check_image, paths), len(paths), "hash run images", enabled=progress))
     unreadable = [str(path) for path, result in zip(paths, results, strict=True) if isinstance(result, ImageError)]
     if unreadable:
         echo(f"note: {len(unreadable)} run image(s) could not be read and are not checked against, "

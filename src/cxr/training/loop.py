@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from cxr import allocator, files
+from cxr import allocator, files, logs
 from cxr.backend import enable_compilation_cache, enable_determinism
 from cxr.config import Config
 from cxr.data.batches import ImageBatches, balanced_class_weights, label_indices
@@ -47,7 +48,9 @@ from cxr.training.progress import ProgressLines
 from cxr.training.prompt import AskToContinue
 from cxr.training.stopping import Status, StopGuard, StopSignals, TrainingStopped, terminal_reader
 
-__all__ = ["train", "resume"]
+__all__ = ["train", "resume", "TENSORBOARD_DIR"]
+
+TENSORBOARD_DIR = "tensorboard"
 
 Reader = Callable[[str], "str | None"]
 
@@ -104,15 +107,27 @@ def train(config: Config, progress: bool = True, echo=print, read: Reader | None
         enable_determinism()  # before anything starts the backend
     placement = distribute.plan(config.distribute)
     distribute.global_batch(config.batch_size, config.per_device_batch, placement.replicas)  # fails fast
-    console = Console(echo, progress, read) if placement.chief else Console.quiet()
-    split = prepare_split(config, console.progress, console.echo)
-    distribute.agree(placement, _split_bytes(split), "splits")  # the same split from the same data and seed
-    config = dataclasses.replace(config, data=split.root, classes=split.classes)
-    with workspace(placement, lambda: Run.create(config.runs_dir, config.name)) as run:
-        if placement.chief:
-            _record_new_run(run, config, split, console.echo)
-        _check_not_empty(split)  # every process stops here, so no process may go on alone
-        return _train_and_evaluate(run, config, split, console, placement=placement)
+    with logs.run_log() as log:
+        console = Console(_and_log(echo, log), progress, read) if placement.chief else Console.quiet()
+        split = prepare_split(config, console.progress, console.echo)
+        distribute.agree(placement, _split_bytes(split), "splits")  # the same split from the same data and seed
+        config = dataclasses.replace(config, data=split.root, classes=split.classes)
+        with workspace(placement, lambda: Run.create(config.runs_dir, config.name)) as run:
+            if placement.chief:
+                log.to_folder(run.path)
+                _record_new_run(run, config, split, console.echo)
+            _check_not_empty(split)  # every process stops here, so no process may go on alone
+            return _train_and_evaluate(run, config, split, console, placement=placement)
+
+
+def _and_log(echo: Callable[[str], None], log: logs.RunLog) -> Callable[[str], None]:
+    """Say it on the console (echo) and keep it for the run's train.log."""
+
+    def say(text: str) -> None:
+        echo(text)
+        log.echo(text)
+
+    return say
 
 
 def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate: float | None = None,
@@ -143,7 +158,15 @@ def resume(run_dir: str | os.PathLike, epochs: int | None = None, learning_rate:
     if config.deterministic:
         enable_determinism()  # before anything starts the backend
     placement = distribute.plan(config.distribute)
-    console = Console(echo, progress, read) if placement.chief else Console.quiet()
+    with logs.run_log() as log:
+        if placement.chief:
+            log.to_folder(run.path)  # the log goes on where the stopped training left it
+        console = Console(_and_log(echo, log), progress, read) if placement.chief else Console.quiet()
+        return _resume(run, config, placement, console, epochs=epochs, learning_rate=learning_rate)
+
+
+def _resume(run: Run, config: Config, placement: distribute.Plan, console: Console, *, epochs: int | None,
+            learning_rate: float | None) -> Path | None:
     with run.lock() if placement.chief else contextlib.nullcontext():  # every process makes the same checks
         state = _resumable_state(run)
         if learning_rate is not None and config.schedule != "adaptive":
@@ -194,6 +217,9 @@ def _check_inputs(config: Config) -> None:
     for kind, folder in (("dataset", config.data), ("split", config.split)):
         if folder and not Path(folder).expanduser().is_dir():
             raise DatasetError(f"{kind} folder not found: {folder}")
+    if config.tensorboard and not _tensorboard_installed():
+        raise ConfigError("--tensorboard needs TensorFlow and the tensorboard package: pip install 'cxr[tensorboard]' "
+                          "(Keras writes the logs with tf.summary, on either backend)")
     if config.init_from:
         parent_model(config.init_from)  # the weights come from there; --weights is not used
     else:
@@ -421,7 +447,30 @@ def _assemble_callbacks(run: Run, config: Config, state: dict[str, Any] | None, 
                  keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: train_batches.set_epoch(epoch)),
                  *([keras.callbacks.ProgbarLogger()] if bar else []), *([lines] if lines else []),
                  controller, history, checkpoint, *([prompt] if prompt else [])]
+    board = _tensorboard(run, config, console.echo) if placement.chief and not finalize else None
+    if board is not None:
+        callbacks.insert(callbacks.index(controller), board)  # before the controller adds its decision as text
     return Loop(controller, history, checkpoint, prompt, signals, callbacks, bar)
+
+
+def _tensorboard_installed() -> bool:
+    """Keras writes TensorBoard logs with TensorFlow's tf.summary, which needs the tensorboard package."""
+    return all(importlib.util.find_spec(name) is not None for name in ("tensorflow", "tensorboard"))
+
+
+def _tensorboard(run: Run, config: Config, echo: Callable[[str], None]) -> keras.callbacks.Callback | None:
+    """Keras' TensorBoard callback (losses, accuracies, learning rate per epoch) into RUN/tensorboard/.
+
+    On by default where the `tensorboard` package is installed (`cxr[tensorboard]`), since then the user can
+    watch the curves live; off by default otherwise, as neither the viewer nor the writer it needs are cxr
+    dependencies, and history.csv and the report hold the same figures. The writer is TensorFlow's
+    tf.summary, whichever backend trains.
+    """
+    if config.tensorboard is False or (config.tensorboard is None and not _tensorboard_installed()):
+        return None
+    folder = run.path / TENSORBOARD_DIR
+    echo(f"TensorBoard logs in {folder} (watch with: tensorboard --logdir {folder})")
+    return keras.callbacks.TensorBoard(log_dir=str(folder), write_graph=False, update_freq="epoch")
 
 
 def _prompt(config: Config, state: dict[str, Any] | None, console: Console, signals: StopSignals,
