@@ -9,12 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxr import files
 from cxr.cli import main
 from cxr.errors import UserError
 from cxr.evaluation.evaluate import evaluate_run
 from cxr.inference.engines import load_predictor
 from cxr.inference.points import load_operating_points
 from cxr.inference.predict import predict_files
+from cxr.model import load_model
 from cxr.model_metadata import read_description
 from cxr.package import package_run
 from cxr.run import Run
@@ -36,6 +38,8 @@ def test_the_package_holds_the_model_card_report_metrics_and_training_record(pac
                  "training/config.yaml", "training/history.csv", "training/split/dataset.yaml"):
         assert name in found
     assert not (packaged / "config.yaml").exists()  # not a run folder: the model files speak for themselves
+    assert packaged.stat().st_mode & 0o777 == files.DIR_MODE  # an ordinary folder, not a private temporary one
+    assert getattr(load_model(packaged / "model.keras"), "optimizer", None) is None  # no state for resuming
     assert not [name for name in found if name.startswith(".")]
     latest = Run(tiny_run).evaluation_of()[0]
     assert (packaged / "README.md").read_text() == (latest.path / "MODEL_CARD.md").read_text()

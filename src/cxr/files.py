@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["atomic_path", "new_numbered_dir", "remove_temporaries", "sha256", "write_csv", "write_json",
+__all__ = ["DIR_MODE", "atomic_path", "new_numbered_dir", "remove_temporaries", "sha256", "write_csv", "write_json",
            "write_text", "write_with"]
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 _UMASK = os.umask(0)  # read once, at import (the only portable way), and put straight back
 os.umask(_UMASK)
+DIR_MODE = 0o777 & ~_UMASK  # what os.mkdir would give a new folder (tempfile.mkdtemp makes it private)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,9 @@
 """`cxr package RUN --out DIR`: one folder with what another person needs to use and judge a trained model.
 
-The folder holds the model files, each carrying its description with the run's temperature and operating
-points (cxr.model_metadata), the model card as README.md (the name the Hugging Face Hub and GitHub show),
-the newest evaluation's report, metrics and tables, any external evaluations' reports and metrics, and the
-training record. It is not a run folder (no config.yaml at its top), so `cxr predict DIR` and `cxr serve DIR`
+The folder holds the model files (without the optimizer state a run keeps for resuming), each carrying its
+description with the run's temperature and operating points (cxr.model_metadata), the model card as
+README.md (the name the Hugging Face Hub and GitHub show), the newest evaluation's report, metrics and
+tables, any external evaluations' reports and metrics, and the training record. It is not a run folder (no config.yaml at its top), so `cxr predict DIR` and `cxr serve DIR`
 use what the model files say about themselves.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from cxr import files
 from cxr.errors import UserError
-from cxr.evaluation.model_card import CARD_FILE
+from cxr.evaluation.model_card import CARD_FILE, build_model_card
 from cxr.model_metadata import describe, read_description, with_description, write_keras_with_description
 from cxr.run import MODEL_FILE, EvalDir, Run
 
@@ -69,6 +69,7 @@ def package_run(run_dir: str | os.PathLike, out: str | os.PathLike,
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         written = _gather(run, evaluation, description, staging, echo)
+        os.chmod(staging, files.DIR_MODE)
         os.replace(staging, out)  # the folder appears whole, or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -87,12 +88,17 @@ def _gather(run: Run, evaluation: EvalDir, description: dict, folder: Path, echo
             shutil.copyfile(source, folder / name)
             written.append(name)
 
-    write_keras_with_description(run.model_path, folder / MODEL_FILE, description)
+    _model_without_optimizer(run.model_path, folder / "plain.keras")
+    write_keras_with_description(folder / "plain.keras", folder / MODEL_FILE, description)
+    (folder / "plain.keras").unlink()
     written.append(MODEL_FILE)
     onnx_file = run.model_path.with_suffix(".onnx")
     if onnx_file.is_file():
         written += _onnx_copy(run, onnx_file, folder, description, echo)
-    copy(evaluation.path / CARD_FILE, "README.md")
+    # The card from the evaluation's own figures (an evaluation from before cards existed has none yet).
+    files.write_text(folder / "README.md", build_model_card(evaluation.read_metrics(), run.config().to_dict(),
+                                                            run.split(), run.history(), run.environment()))
+    written.append("README.md")
     for name in EVALUATION_FILES:
         copy(evaluation.path / name, name)
     for external in run.evaluation_of(run.model_path, external=True):
@@ -101,6 +107,16 @@ def _gather(run: Run, evaluation: EvalDir, description: dict, folder: Path, echo
     for name in TRAINING_FILES:
         copy(run.path / name, f"training/{name}")
     return written
+
+
+def _model_without_optimizer(source: Path, out: Path) -> None:
+    """The model alone: a run's model.keras also holds the optimizer's state for resuming (Adamax keeps two
+    values per weight, so DenseNet169's file is about three times its weights), which a user of the model
+    does not need.
+    """
+    from cxr.model import load_model
+
+    load_model(source, compile=False).save(out)
 
 
 def _onnx_copy(run: Run, onnx_file: Path, folder: Path, description: dict, echo: Callable[[str], None]) -> list[str]:
