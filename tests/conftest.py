@@ -53,7 +53,7 @@ def tiny_run(tmp_path_factory, phantoms) -> Path:
     """A finished run of the tiny backbone on phantoms: model, split, history and evaluation."""
     from cxr.training.loop import train
 
-    config = resolve(data=str(phantoms), runs_dir=str(tmp_path_factory.mktemp("runs")), name="tiny",
+    config = resolve(recipe="reference", data=str(phantoms), runs_dir=str(tmp_path_factory.mktemp("runs")), name="tiny",
                      backbone="tiny", weights="none", image_size=32, epochs=2, batch_size=8, seed=1,
                      bootstrap=200)
     return train(config, progress=False, echo=lambda *_: None)

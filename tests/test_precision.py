@@ -58,13 +58,14 @@ def test_hardware_note_says_when_a_precision_would_be_emulated(monkeypatch):
 
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, fp16, got 'int8'"):
-        resolve(data="x", precision="int8")
+        resolve(recipe="reference", data="x", precision="int8")
 
 
 @pytest.mark.slow
 @needs_tensorflow  # it exports to ONNX
 def test_a_bf16_run_trains_saves_its_precision_predicts_and_exports(phantoms, tmp_path):
-    config = resolve(data=str(phantoms), runs_dir=str(tmp_path), name="bf16", backbone="tiny", weights="none",
+    config = resolve(recipe="reference", data=str(phantoms), runs_dir=str(tmp_path), name="bf16", backbone="tiny",
+                     weights="none",
                      image_size=32, epochs=2, batch_size=8, seed=1, precision="bf16", ask_epoch=0,
                      bootstrap=100)
     lines = []

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from cxr.config import AUGMENTATIONS, BACKBONES, DISTRIBUTE, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+from cxr.config import AUGMENTATIONS, BACKBONES, DEFAULT_RECIPE, DISTRIBUTE, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 from cxr.errors import UserError
 from cxr.inference.engines import ENGINES
 from cxr.inference.tta import TTA_MODES
@@ -116,10 +116,10 @@ def _add_train(commands) -> None:
 
 
 def _add_ingredient_options(train: argparse.ArgumentParser) -> None:
-    ingredients = train.add_argument_group("training ingredients beyond the reference recipe (off by default)")
+    ingredients = train.add_argument_group("training ingredients beyond the reference system's (set by --recipe)")
     ingredients.add_argument("--recipe", choices=RECIPES,
-                             help="start from a named set of the ingredients below (default reference; each flag "
-                                  "still overrides its own): " + "; ".join(
+                             help=f"start from a named set of the ingredients below (default {DEFAULT_RECIPE}; "
+                                  "each flag still overrides its own): " + "; ".join(
                                       f"{name}: {', '.join(f'{k}={v}' for k, v in values.items()) or 'the defaults'}"
                                       for name, values in RECIPES.items()))
     ingredients.add_argument("--no-flip", dest="flip", action="store_false", default=None,

@@ -250,12 +250,13 @@ def warmup_cosine(learning_rate: float, epochs: int, steps_per_epoch: int,
                   warmup_epochs: int) -> keras.optimizers.schedules.LearningRateSchedule:
     """A rate that rises linearly from 0 to `learning_rate` over the warm-up epochs, then falls along a
     cosine to 0 at the end of the last epoch: Keras' CosineDecay with its warm-up, counted in steps, so
-    it follows the optimizer's step count and a resumed run continues it exactly.
+    it follows the optimizer's step count and a resumed run continues it exactly. The warm-up is cut to
+    leave at least the last epoch for the decay (a 1-epoch run, a smoke test, has none).
     """
-    warmup = warmup_epochs * steps_per_epoch
+    warmup_epochs = max(0, min(warmup_epochs, epochs - 1))
     return keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=max(1, (epochs - warmup_epochs) * steps_per_epoch), warmup_target=learning_rate,
-        warmup_steps=warmup)
+        warmup_steps=warmup_epochs * steps_per_epoch)
 
 
 def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:

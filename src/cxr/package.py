@@ -3,8 +3,9 @@
 The folder holds the model files (without the optimizer state a run keeps for resuming), each carrying its
 description with the run's temperature and operating points (cxr.model_metadata), the model card as
 README.md (the name the Hugging Face Hub and GitHub show), the newest evaluation's report, metrics and
-tables, any external evaluations' reports and metrics, and the training record. It is not a run folder (no config.yaml at its top), so `cxr predict DIR` and `cxr serve DIR`
-use what the model files say about themselves.
+tables, any external evaluations' reports and metrics, and the training record. It is not a run folder
+(no config.yaml at its top), so `cxr predict DIR` and `cxr serve DIR` use what the model files say about
+themselves.
 """
 
 from __future__ import annotations

@@ -111,7 +111,8 @@ def test_training_from_the_cache_equals_training_from_memory(phantoms, tmp_path)
 
     histories = []
     for cache in ("none", "auto"):
-        config = resolve(data=str(phantoms), runs_dir=str(tmp_path / cache), backbone="tiny", weights="none",
+        config = resolve(recipe="reference", data=str(phantoms), runs_dir=str(tmp_path / cache), backbone="tiny",
+                         weights="none",
                          image_size=32, epochs=2, batch_size=8, seed=1, deterministic=True, cache_dir=cache,
                          bootstrap=100)
         run = train(config, progress=False, echo=lambda _: None)

@@ -52,7 +52,8 @@ def test_audit_counts_per_class_and_source():
 
 @pytest.mark.slow
 def test_a_run_on_the_real_sample_reports_sources(sample, tmp_path):
-    config = resolve(data=str(sample), runs_dir=str(tmp_path), backbone="tiny", weights="none", image_size=32,
+    config = resolve(recipe="reference", data=str(sample), runs_dir=str(tmp_path), backbone="tiny", weights="none",
+                     image_size=32,
                      epochs=1, batch_size=16, bootstrap=50, ask_epoch=0)
     lines = []
     run = train(config, progress=False, echo=lines.append)

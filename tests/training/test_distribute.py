@@ -22,7 +22,8 @@ from cxr.data.batches import ImageBatches
 from cxr.errors import ConfigError
 from cxr.training import distribute
 
-TRAIN = ["train", "--backbone", "tiny", "--weights", "none", "--image-size", "32", "--epochs", "3",
+TRAIN = ["train", "--recipe", "reference", "--backbone", "tiny", "--weights", "none", "--image-size", "32",
+         "--epochs", "3",
          "--batch-size", "8", "--ask-epoch", "0", "--bootstrap", "0", "--seed", "1"]
 
 
@@ -116,9 +117,9 @@ def test_one_device_needs_no_distribution_and_settings_are_checked():
     plan = distribute.plan("auto")  # this machine: one CPU device
     assert plan.replicas == 1 and plan.chief and plan.strategy is None and plan.describe().startswith("1 device")
     with pytest.raises(ConfigError, match="distribute must be auto or none"):
-        resolve(data="x", distribute="all")
+        resolve(recipe="reference", data="x", distribute="all")
     with pytest.raises(ConfigError, match="per_device_batch must be empty or a positive integer"):
-        resolve(data="x", per_device_batch=0)
+        resolve(recipe="reference", data="x", per_device_batch=0)
 
 
 @pytest.mark.slow

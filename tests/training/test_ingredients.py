@@ -1,9 +1,10 @@
 """Training ingredients beyond the reference recipe (issue 18, part 1): augmentation, no flip, label
-smoothing and class balance; each recorded in config.yaml, each off by default, resumable bit for bit.
+smoothing and class balance; each recorded in config.yaml, each set by the recipe, resumable bit for bit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from helpers import only_run, read_state
 
-from cxr.config import RECIPES, resolve
+from cxr.config import DEFAULT_RECIPE, RECIPES, Config, resolve
 from cxr.data.batches import ImageBatches, balanced_class_weights
 from cxr.errors import ConfigError
 from cxr.model import build_model, compile_model, load_model, warmup_cosine
@@ -27,12 +28,22 @@ INGREDIENTS = dict(augment="radiograph", flip=False, label_smoothing=0.1, class_
                    weight_decay=0.01, schedule="cosine", warmup_epochs=1)
 
 
-def test_the_reference_recipe_is_the_default():
+def test_the_benchmarks_winner_is_the_default_and_the_reference_is_one_flag_away():
     config = resolve(data="x")
-    assert (config.flip, config.augment, config.label_smoothing, config.class_balance) == (True, "none", 0.0, False)
-    assert (config.optimizer, config.weight_decay, config.schedule) == ("adamax", 0.0, "adaptive")
-    with pytest.raises(ConfigError, match=r"warmup_epochs \(3\) must be fewer than epochs \(3\)"):
-        resolve(data="x", schedule="cosine", epochs=3, warmup_epochs=3)
+    assert config.recipe == DEFAULT_RECIPE == "augmented-cosine"  # benchmarks/results/recipe-*.json
+    assert config == resolve(data="x", recipe="augmented-cosine")
+    reference = resolve(data="x", recipe="reference")
+    assert (reference.flip, reference.augment, reference.label_smoothing, reference.class_balance) == \
+        (True, "none", 0.0, False)
+    assert (reference.optimizer, reference.weight_decay, reference.schedule) == ("adamax", 0.0, "adaptive")
+    assert dataclasses.replace(reference, recipe="reference") == Config(data="x")  # Config's own defaults
+
+
+def test_a_warm_up_as_long_as_the_run_leaves_the_last_epoch_to_the_decay():
+    one_epoch = warmup_cosine(1e-3, epochs=1, steps_per_epoch=10, warmup_epochs=1)  # the default recipe, --epochs 1
+    assert float(one_epoch(0)) == pytest.approx(1e-3) and float(one_epoch(10)) == pytest.approx(0, abs=1e-12)
+    three = warmup_cosine(1e-3, epochs=3, steps_per_epoch=10, warmup_epochs=3)
+    assert float(three(0)) == 0 and float(three(20)) == pytest.approx(1e-3)  # 2 epochs of warm-up, then decay
     for name, value, message in (("augment", "colour", "augment must be one of none, radiograph"),
                                  ("optimizer", "sgd", "optimizer must be one of adamax, adamw"),
                                  ("schedule", "step", "schedule must be one of adaptive, cosine"),
@@ -174,6 +185,6 @@ def test_a_recipe_sets_its_ingredients_and_every_flag_or_file_still_wins(tmp_pat
     settings.write_text("recipe: augmented-cosine\nschedule: adaptive\n")
     from_file = resolve(settings, data="x")
     assert (from_file.recipe, from_file.schedule, from_file.optimizer) == ("augmented-cosine", "adaptive", "adamw")
-    assert resolve(data="x") == resolve(data="x", recipe="reference")
+    assert resolve(data="x") == resolve(data="x", recipe=DEFAULT_RECIPE)
     with pytest.raises(ConfigError, match="unknown recipe 'newest'; choose from reference, augmented-cosine"):
         resolve(data="x", recipe="newest")

@@ -61,7 +61,8 @@ def parent(tmp_path_factory):
 
 
 def train_on_site(site, tmp_path, *extra):
-    args = ["train", "--data", str(site), "--runs-dir", str(tmp_path), "--backbone", "tiny", "--image-size",
+    args = ["train", "--recipe", "reference", "--data", str(site), "--runs-dir", str(tmp_path), "--backbone", "tiny",
+            "--image-size",
             str(SIZE), "--epochs", "1", "--batch-size", "16", "--learning-rate", "1e-6", "--bootstrap", "0",
             "--ask-epoch", "0", "--seed", "3", *extra]
     assert main(args) == 0

@@ -54,7 +54,8 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_file():
 @pytest.mark.slow
 def test_a_run_keeps_what_the_console_showed_in_train_log_and_a_resume_appends(phantoms, tmp_path):
     shown = []
-    config = resolve(data=str(phantoms), runs_dir=str(tmp_path), name="logged", backbone="tiny", weights="none",
+    config = resolve(recipe="reference", data=str(phantoms), runs_dir=str(tmp_path), name="logged", backbone="tiny",
+                     weights="none",
                      image_size=32, epochs=1, batch_size=8, seed=1, bootstrap=0, tensorboard=True)
     run = train(config, progress=False, echo=shown.append)
     stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
@@ -75,7 +76,8 @@ def test_a_run_keeps_what_the_console_showed_in_train_log_and_a_resume_appends(p
 
 @pytest.mark.slow
 def test_no_tensorboard_logs_unless_asked_or_installed(phantoms, tmp_path):
-    config = resolve(data=str(phantoms), runs_dir=str(tmp_path), name="plain", backbone="tiny", weights="none",
+    config = resolve(recipe="reference", data=str(phantoms), runs_dir=str(tmp_path), name="plain", backbone="tiny",
+                     weights="none",
                      image_size=32, epochs=1, batch_size=8, seed=1, bootstrap=0, tensorboard=False)
     run = train(config, progress=False, echo=lambda _: None)
     assert not (run / "tensorboard").exists() and (run / "train.log").is_file()

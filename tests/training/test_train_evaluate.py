@@ -100,7 +100,8 @@ def test_re_evaluation_writes_a_new_folder_and_agrees(tiny_run, tmp_path, capsys
 
 
 def test_a_split_can_be_reused(tiny_run, tmp_path):
-    config = resolve(split=str(tiny_run / "split"), runs_dir=str(tmp_path), backbone="tiny", weights="none",
+    config = resolve(recipe="reference", split=str(tiny_run / "split"), runs_dir=str(tmp_path), backbone="tiny",
+                     weights="none",
                      image_size=32, epochs=1, batch_size=8, bootstrap=100)
     run = train(config, progress=False, echo=lambda *_: None)
     for name in SPLITS:

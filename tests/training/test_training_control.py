@@ -36,7 +36,7 @@ QUIET = dict(progress=False, echo=lambda *_: None)
 def tiny_config(data, runs, **overrides):
     settings = dict(data=str(data), runs_dir=str(runs), backbone="tiny", weights="none", image_size=32,
                     epochs=3, batch_size=8, seed=1, bootstrap=100)
-    return resolve(**{**settings, **overrides})
+    return resolve(recipe="reference", **{**settings, **overrides})
 
 
 @pytest.mark.slow
@@ -179,7 +179,8 @@ def test_a_state_naming_a_missing_model_file_is_reported(tmp_path):
 # --- real processes ---------------------------------------------------------------------------
 
 def cli_args(sample, runs, name, epochs, *extra):
-    return [sys.executable, "-m", "cxr", "train", "--data", str(sample), "--backbone", "tiny", "--weights", "none",
+    return [sys.executable, "-m", "cxr", "train", "--recipe", "reference", "--data", str(sample), "--backbone",
+            "tiny", "--weights", "none",
             "--image-size", "128", "--batch-size", "8", "--epochs", str(epochs), "--seed", "5", "--deterministic",
             "--runs-dir", str(runs), "--name", name, "--bootstrap", "100", *extra]
 

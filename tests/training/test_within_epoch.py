@@ -120,4 +120,4 @@ def test_checkpoint_every_must_be_minutes(value):
     from cxr.errors import ConfigError
 
     with pytest.raises(ConfigError, match=f"checkpoint_every must be a number of minutes, 0 or more, got {value!r}"):
-        resolve(data="x", checkpoint_every=value)
+        resolve(recipe="reference", data="x", checkpoint_every=value)
