@@ -118,7 +118,8 @@ def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.
     clinical = metrics["clinical"]
     history = pd.read_csv(run / "history.csv")
     seconds = float(history["seconds"].sum()) if finished else time.monotonic() - started
-    return {"run": str(run), "reused": bool(finished), "seconds": round(seconds, 1), "epochs_run": int(len(history)),
+    return {"run": run.relative_to(runs_dir.parent.parent).as_posix(),  # relative to --work
+            "reused": bool(finished), "seconds": round(seconds, 1), "epochs_run": int(len(history)),
             "accuracy": clinical["overall"]["accuracy"]["value"],
             "balanced_accuracy": clinical["overall"]["balanced_accuracy"]["value"],
             "macro_f1": clinical["macro"]["f1"]["value"],
@@ -185,7 +186,10 @@ def main() -> None:
         print(paired.round(4).to_string(index=False))
     save_result(args.out, "recipe" + ("-ablation" if args.ablation else ""), {
         "protocol": __doc__, "machine": machine_info(),
-        "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "work": str(work),
+        # Folders on this machine are left out of the record (the runs are named relative to --work).
+        "settings": {**{k: v for k, v in vars(args).items() if k not in ("data", "work", "out", "cache")},
+                     "data": Path(args.data).name,
+                     "weights": args.weights if args.weights == "none" else Path(args.weights).name,
                      "variants": [dataclasses.asdict(v) for v in chosen]},
         "runs": rows, "summary": json.loads(summary.to_json()), "paired": paired.to_dict("records"),
         "mean_seconds_per_run": float(np.mean(table["seconds"]))})
