@@ -20,7 +20,14 @@ from typing import Any
 from cxr import files
 from cxr.errors import UserError
 from cxr.evaluation.model_card import CARD_FILE, build_model_card
-from cxr.model_metadata import describe, read_description, with_description, write_keras_with_description
+from cxr.inference.quantize import int8_path
+from cxr.model_metadata import (
+    describe,
+    onnx_description,
+    read_description,
+    with_description,
+    write_keras_with_description,
+)
 from cxr.run import MODEL_FILE, EvalDir, Run
 
 __all__ = ["EVALUATION_FILES", "package_run"]
@@ -93,9 +100,9 @@ def _gather(run: Run, evaluation: EvalDir, description: dict, folder: Path, echo
     write_keras_with_description(folder / "plain.keras", folder / MODEL_FILE, description)
     (folder / "plain.keras").unlink()
     written.append(MODEL_FILE)
-    onnx_file = run.model_path.with_suffix(".onnx")
-    if onnx_file.is_file():
-        written += _onnx_copy(run, onnx_file, folder, description, echo)
+    for onnx_file in (run.model_path.with_suffix(".onnx"), int8_path(run.model_path)):
+        if onnx_file.is_file():
+            written += _onnx_copy(run, onnx_file, folder, description, echo)
     # The card from the evaluation's own figures (an evaluation from before cards existed has none yet).
     files.write_text(folder / "README.md", build_model_card(evaluation.read_metrics(), run.config().to_dict(),
                                                             run.split(), run.history(), run.environment()))
@@ -121,7 +128,9 @@ def _model_without_optimizer(source: Path, out: Path) -> None:
 
 
 def _onnx_copy(run: Run, onnx_file: Path, folder: Path, description: dict, echo: Callable[[str], None]) -> list[str]:
-    """The run's ONNX export with the same description, when it is an export of the current model.keras."""
+    """The run's ONNX export (fp32 or INT8) with the same description, when it is an export of the current
+    model.keras; an INT8 file keeps its quantisation record.
+    """
     try:
         import onnx
     except ImportError:
@@ -133,9 +142,11 @@ def _onnx_copy(run: Run, onnx_file: Path, folder: Path, description: dict, echo:
         echo(f"note: {onnx_file} left out: it was exported from an earlier {MODEL_FILE} "
              f"(export again: cxr export {run})")
         return []
-    props = with_description({**props, "source_sha256": files.sha256(folder / MODEL_FILE)}, description)
+    quantization = onnx_description(props).get("quantization")
+    props = with_description({**props, "source_sha256": files.sha256(folder / MODEL_FILE)},
+                             {**description, **({"quantization": quantization} if quantization else {})})
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)
-    onnx.save(proto, str(folder / "model.onnx"))
-    return ["model.onnx"]
+    onnx.save(proto, str(folder / onnx_file.name))
+    return [onnx_file.name]
 

@@ -182,7 +182,9 @@ def _how_to_use() -> str:
             "cxr predict THIS_FOLDER image.png [--calibrated] [--operating-points THIS_FOLDER]\n"
             "cxr serve THIS_FOLDER                   # REST API and a web page on port 8000\n```\n\n"
             "The packaged model files carry their class names, input size, temperature and operating points, so "
-            "either `model.keras` or `model.onnx` alone is enough.")
+            "either `model.keras` or `model.onnx` alone is enough. A `model.int8.onnx` (from `cxr export "
+            "--quantize int8`) is used only when asked, with `--engine onnx-int8`: smaller and faster on a CPU, "
+            "and its metadata records how often it picked the fp32 model's class on the run's test images.")
 
 
 def build_model_card(metrics: dict, config: dict, split, history: pd.DataFrame | None,

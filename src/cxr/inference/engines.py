@@ -16,13 +16,14 @@ import numpy as np
 
 from cxr import files
 from cxr.errors import UserError
+from cxr.inference.quantize import INT8_SUFFIX, int8_path
 from cxr.inference.tta import check_tta, with_tta
 from cxr.model_metadata import onnx_description, read_description
 from cxr.run import Run
 
 __all__ = ["ENGINES", "keras_predictor", "load_predictor", "model_classes", "onnx_predictor", "Predictor"]
 
-ENGINES = ("auto", "keras", "onnx")
+ENGINES = ("auto", "keras", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,9 @@ def _onnx_session(path: str | os.PathLike):
 
 
 def onnx_predictor(path: str | os.PathLike, batch_size: int = 32) -> Predictor:
-    """An exported model on ONNX Runtime, with the class names its metadata carries."""
+    """An exported model on ONNX Runtime (fp32, or INT8 when its description says it was quantised), with
+    the class names its metadata carries.
+    """
     session = _onnx_session(path)
     metadata = dict(session.get_modelmeta().custom_metadata_map)  # what `cxr export` wrote
     description = onnx_description(metadata)
@@ -97,8 +100,10 @@ def onnx_predictor(path: str | os.PathLike, batch_size: int = 32) -> Predictor:
                  for start in range(0, len(images), batch_size)]
         return np.concatenate(parts) if parts else np.empty((0, n_outputs), dtype="float32")
 
-    return Predictor(predict=predict, classes=classes, image_size=int(model_input.shape[1]), engine="onnx",
-                     path=Path(path), metadata=metadata, description=description)
+    int8 = "quantization" in description
+    return Predictor(predict=predict, classes=classes, image_size=int(model_input.shape[1]),
+                     engine="onnx-int8" if int8 else "onnx", path=Path(path), precision="int8" if int8 else "fp32",
+                     metadata=metadata, description=description)
 
 
 def load_predictor(
@@ -143,25 +148,43 @@ def load_predictor(
                                          "temperature_file": str(source)})
 
 
+def _noting_stale(predictor: Predictor, keras_path: Path, echo: Callable[[str], None]) -> Predictor:
+    """An ONNX model the user asked for by engine or file, with a note when the .keras file beside it has
+    changed since it was exported (a run trained further).
+    """
+    source = predictor.metadata.get("source_sha256")
+    if source and keras_path.is_file() and source != files.sha256(keras_path):
+        echo(f"note: {predictor.path} was exported from an earlier {keras_path.name}; export again for the current "
+             "model")
+    return predictor
+
+
 def _load_predictor(
     model: str | os.PathLike, engine: str, batch_size: int, precision: str | None, echo: Callable[[str], None]
 ) -> Predictor:
     """`auto` uses ONNX Runtime when an exported model.onnx of the same .keras file is there and ONNX Runtime
-    is installed (faster on a CPU), Keras otherwise; `keras` and `onnx` insist. A `precision` other than
-    fp32 needs Keras (ONNX files are float32).
+    is installed (faster on a CPU), Keras otherwise; `keras`, `onnx` and `onnx-int8` (model.int8.onnx, never
+    chosen by `auto`: quantisation changes the numbers) insist. A `precision` other than fp32 needs Keras.
     """
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     if precision not in (None, "fp32"):
-        if engine == "onnx" or Path(model).suffix == ".onnx":
+        if engine.startswith("onnx") or Path(model).suffix == ".onnx":
             raise UserError(f"ONNX models compute in fp32; {precision} needs the keras engine and a .keras file")
         engine = "keras"
     path = Run.model_of(model)
-    keras_path, onnx_path = path.with_suffix(".keras"), path.with_suffix(".onnx")
+    base = path.with_name(path.name.removesuffix(INT8_SUFFIX)) if path.name.endswith(INT8_SUFFIX) else path
+    keras_path, onnx_path = base.with_suffix(".keras"), base.with_suffix(".onnx")
     if path.suffix == ".onnx" and engine == "keras":
         raise UserError(f"{path} is an ONNX model; use --engine onnx or give the .keras file")
+    if engine == "onnx-int8" or path.name.endswith(INT8_SUFFIX):
+        quantized = int8_path(base)
+        if not quantized.is_file():
+            raise FileNotFoundError(f"INT8 model not found: {quantized} "
+                                    "(make one with: cxr export RUN --quantize int8)")
+        return _noting_stale(onnx_predictor(quantized, batch_size), keras_path, echo)
     if engine == "onnx" or path.suffix == ".onnx":
-        return onnx_predictor(onnx_path, batch_size)
+        return _noting_stale(onnx_predictor(onnx_path, batch_size), keras_path, echo)
     if engine == "auto" and onnx_path.is_file():
         try:
             import onnxruntime  # noqa: F401

@@ -144,7 +144,7 @@ class ServedModel:
 
     def info(self) -> dict[str, Any]:
         predictor = self.predictor
-        info = {"model": str(self.model_path), "model_id": self.model_id,
+        info = {"model": str(self.model_path), "model_file": str(predictor.path), "model_id": self.model_id,
                 "engine": predictor.engine, "classes": predictor.classes, "input_size": predictor.image_size,
                 "precision": predictor.precision, "temperature": self.temperature,
                 "temperature_file": str(self.temperature_file) if self.temperature_file else None,
