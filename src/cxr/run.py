@@ -185,6 +185,12 @@ class Run:
         path = Path(model)
         return path / MODEL_FILE if path.is_dir() else path
 
+    @staticmethod
+    def keras_of(model_path: str | os.PathLike) -> Path:
+        """The .keras file a model file was made from: model.onnx and model.int8.onnx -> model.keras."""
+        path = Path(model_path)
+        return path.with_name(path.name.removesuffix(".int8.onnx")).with_suffix(".keras")
+
     # Paths ----------------------------------------------------------------------------------------
     @property
     def config_path(self) -> Path:
@@ -400,7 +406,7 @@ class Run:
 
     def _model_digest(self, model_path: str | os.PathLike | None) -> str | None:
         """The SHA-256 of the .keras file a record must belong to (None when there is none to check)."""
-        keras_path = Path(model_path or self.model_path).with_suffix(".keras")
+        keras_path = self.keras_of(model_path or self.model_path)
         return files.sha256(keras_path) if keras_path.is_file() else None
 
     def calibration_files(self) -> list[Path]:

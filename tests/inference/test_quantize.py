@@ -16,6 +16,7 @@ from cxr.inference import quantize
 from cxr.inference.engines import load_predictor
 from cxr.inference.predict import predict_files
 from cxr.model_metadata import onnx_description
+from cxr.run import Run
 
 pytestmark = needs_tensorflow  # the fp32 export it starts from converts a TensorFlow graph
 
@@ -97,6 +98,10 @@ def test_int8_is_used_only_when_asked_for(run_copy, monkeypatch, capsys):
     assert (info["engine"], info["precision"]) == ("onnx-int8", "int8")
     assert info["model_file"] == str(run_copy / "model.int8.onnx")
     assert info["model_id"] == files.sha256(run_copy / "model.int8.onnx")[:12]
+    # Named directly, the INT8 file still finds its model.keras (Grad-CAM) and the run's evaluation of it.
+    info = TestClient(create_app(run_copy / "model.int8.onnx", load_in_background=False)).get("/v1/model").json()
+    assert info["engine"] == "onnx-int8" and info["explanations"] is True
+    assert info["temperature"] == Run(run_copy).temperature()[0] is not None
 
 
 def test_int8_needs_the_run_its_images_come_from(run_copy, tmp_path):

@@ -173,12 +173,12 @@ def _load_predictor(
             raise UserError(f"ONNX models compute in fp32; {precision} needs the keras engine and a .keras file")
         engine = "keras"
     path = Run.model_of(model)
-    base = path.with_name(path.name.removesuffix(INT8_SUFFIX)) if path.name.endswith(INT8_SUFFIX) else path
-    keras_path, onnx_path = base.with_suffix(".keras"), base.with_suffix(".onnx")
+    keras_path = Run.keras_of(path)
+    onnx_path = keras_path.with_suffix(".onnx")
     if path.suffix == ".onnx" and engine == "keras":
         raise UserError(f"{path} is an ONNX model; use --engine onnx or give the .keras file")
     if engine == "onnx-int8" or path.name.endswith(INT8_SUFFIX):
-        quantized = int8_path(base)
+        quantized = int8_path(keras_path)
         if not quantized.is_file():
             raise FileNotFoundError(f"INT8 model not found: {quantized} "
                                     "(make one with: cxr export RUN --quantize int8)")

@@ -116,7 +116,7 @@ class ServedModel:
         return f"cxr serve: {self.predictor.path} on {self.predictor.engine}; {temperature}; {points}; {explain}"
 
     def _explain_unavailable(self) -> str | None:
-        keras_path = self.model_path.with_suffix(".keras")
+        keras_path = Run.keras_of(self.model_path)
         if not keras_path.is_file():
             return (f"no Keras model beside {self.model_path.name}: Grad-CAM needs {keras_path.name} "
                     "(an ONNX model has no gradients)")
@@ -132,7 +132,7 @@ class ServedModel:
             if self._keras_model is None:
                 from cxr.model import load_model
 
-                self._keras_model = load_model(self.model_path.with_suffix(".keras"))
+                self._keras_model = load_model(Run.keras_of(self.model_path))
             return self._keras_model
 
     def explain(self, batch: np.ndarray) -> np.ndarray:
