@@ -37,7 +37,7 @@ def cxr(*args: str, backend: str = "tensorflow", cwd: Path | None = None, timeou
 def test_train_evaluate_predict_on_the_real_sample(sample, tmp_path, backend):
     runs = tmp_path / "runs"
     # Training takes cxr's default allocator (tcmalloc where installed, as on CI); the re-evaluation below
-    # runs with the system's, as CXR_ALLOCATOR=system asks.
+    # (TensorFlow's) runs with the system's, as CXR_ALLOCATOR=system asks.
     # Under JAX the default recipe's in-model augmentation made this run exceed 15 minutes on CI (2026-12-03,
     # not yet understood: see the README's Not yet); the reference recipe keeps the check of the pipeline.
     recipe = ("--recipe", "reference") if backend == "jax" else ()
@@ -64,13 +64,15 @@ def test_train_evaluate_predict_on_the_real_sample(sample, tmp_path, backend):
     assert "Viral Pneumonia" in (run / "eval" / "classification_report.txt").read_text()
     assert (run / "eval" / "confusion_matrix.png").stat().st_size > 10_000
 
-    again = cxr("evaluate", str(run), backend=backend, CXR_ALLOCATOR="system")
-    assert "eval-2" in again
-    evaluated = json.loads((run / "eval-2" / "metrics.json").read_text())
-    assert evaluated["splits"]["test"]["accuracy"] == metrics["splits"]["test"]["accuracy"]
-    assert evaluated["software"]["allocator"] == "system" and metrics["software"]["allocator"] == expected
-
-    _external_validation(run, tmp_path, backend)
+    # A second evaluation, an external one: their logic does not depend on the backend, and JAX's evaluation
+    # already ran at the end of training; once is enough for CI's time.
+    if backend == "tensorflow":
+        again = cxr("evaluate", str(run), backend=backend, CXR_ALLOCATOR="system")
+        assert "eval-2" in again
+        evaluated = json.loads((run / "eval-2" / "metrics.json").read_text())
+        assert evaluated["splits"]["test"]["accuracy"] == metrics["splits"]["test"]["accuracy"]
+        assert evaluated["software"]["allocator"] == "system" and metrics["software"]["allocator"] == expected
+        _external_validation(run, tmp_path)
 
     out_csv = tmp_path / "predictions.csv"
     table = cxr("predict", str(run / "model.keras"), str(sample / "Viral Pneumonia" / "images"),
@@ -80,7 +82,7 @@ def test_train_evaluate_predict_on_the_real_sample(sample, tmp_path, backend):
     assert len(predicted) == 150 and (predicted["error"].isna() | (predicted["error"] == "")).all()
 
 
-def _external_validation(run: Path, tmp_path: Path, backend: str) -> None:
+def _external_validation(run: Path, tmp_path: Path) -> None:
     """`cxr evaluate RUN --data`: phantoms of two of the run's classes, plus a copy of one of its training
     images (left out) and of one of its test images (kept), as a user's folder from elsewhere.
     """
@@ -91,8 +93,7 @@ def _external_validation(run: Path, tmp_path: Path, backend: str) -> None:
         folder = root / row["label"] / "images"
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(Path(split.root) / row["file"], folder / f"copy-of-{kind}.png")
-    printed = cxr("evaluate", str(run), "--data", str(root), "--name", "elsewhere", "--bootstrap", "100",
-                  backend=backend)
+    printed = cxr("evaluate", str(run), "--data", str(root), "--name", "elsewhere", "--bootstrap", "100")
     out = run / "external-elsewhere"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["kind"] == "external" and metrics["external"]["overlap"]["by_split"] == {
