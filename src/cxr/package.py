@@ -20,7 +20,6 @@ from typing import Any
 from cxr import files
 from cxr.errors import UserError
 from cxr.evaluation.model_card import CARD_FILE, build_model_card
-from cxr.inference.quantize import int8_path
 from cxr.model_metadata import (
     describe,
     onnx_description,
@@ -100,9 +99,11 @@ def _gather(run: Run, evaluation: EvalDir, description: dict, folder: Path, echo
     write_keras_with_description(folder / "plain.keras", folder / MODEL_FILE, description)
     (folder / "plain.keras").unlink()
     written.append(MODEL_FILE)
-    for onnx_file in (run.model_path.with_suffix(".onnx"), int8_path(run.model_path)):
-        if onnx_file.is_file():
-            written += _onnx_copy(run, onnx_file, folder, description, echo)
+    exports = [path for path in (run.model_path.with_suffix(".onnx"), Run.int8_of(run.model_path)) if path.is_file()]
+    if exports:  # each hashed once: model.keras files are 50-150 MB
+        digests = files.sha256(run.model_path), files.sha256(folder / MODEL_FILE)
+        for onnx_file in exports:
+            written += _onnx_copy(run, onnx_file, folder, description, digests, echo)
     # The card from the evaluation's own figures (an evaluation from before cards existed has none yet).
     files.write_text(folder / "README.md", build_model_card(evaluation.read_metrics(), run.config().to_dict(),
                                                             run.split(), run.history(), run.environment()))
@@ -127,9 +128,11 @@ def _model_without_optimizer(source: Path, out: Path) -> None:
     load_model(source, compile=False).save(out)
 
 
-def _onnx_copy(run: Run, onnx_file: Path, folder: Path, description: dict, echo: Callable[[str], None]) -> list[str]:
+def _onnx_copy(run: Run, onnx_file: Path, folder: Path, description: dict, digests: tuple[str, str],
+               echo: Callable[[str], None]) -> list[str]:
     """The run's ONNX export (fp32 or INT8) with the same description, when it is an export of the current
-    model.keras; an INT8 file keeps its quantisation record.
+    model.keras; an INT8 file keeps its quantisation record. `digests`: the SHA-256 of the run's model.keras
+    and of the packaged one.
     """
     try:
         import onnx
@@ -138,12 +141,13 @@ def _onnx_copy(run: Run, onnx_file: Path, folder: Path, description: dict, echo:
         return []
     proto = onnx.load(str(onnx_file))
     props = {prop.key: prop.value for prop in proto.metadata_props}
-    if props.get("source_sha256") != files.sha256(run.model_path):
+    source, packaged = digests
+    if props.get("source_sha256") != source:
         echo(f"note: {onnx_file} left out: it was exported from an earlier {MODEL_FILE} "
              f"(export again: cxr export {run})")
         return []
     quantization = onnx_description(props).get("quantization")
-    props = with_description({**props, "source_sha256": files.sha256(folder / MODEL_FILE)},
+    props = with_description({**props, "source_sha256": packaged},
                              {**description, **({"quantization": quantization} if quantization else {})})
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, props)

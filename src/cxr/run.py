@@ -38,6 +38,7 @@ __all__ = ["Run", "EvalDir", "RunBusyError", "STATE_FORMAT", "now"]
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
+INT8_SUFFIX = ".int8.onnx"  # model.int8.onnx: the INT8 quantisation of model.keras (cxr export --quantize int8)
 SPLIT_DIR = "split"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.json"
@@ -189,7 +190,13 @@ class Run:
     def keras_of(model_path: str | os.PathLike) -> Path:
         """The .keras file a model file was made from: model.onnx and model.int8.onnx -> model.keras."""
         path = Path(model_path)
-        return path.with_name(path.name.removesuffix(".int8.onnx")).with_suffix(".keras")
+        return path.with_name(path.name.removesuffix(INT8_SUFFIX)).with_suffix(".keras")
+
+    @staticmethod
+    def int8_of(model_path: str | os.PathLike) -> Path:
+        """Where the INT8 file of a model lives: model.keras, model.onnx -> model.int8.onnx."""
+        keras_path = Run.keras_of(model_path)
+        return keras_path.with_name(keras_path.stem + INT8_SUFFIX)
 
     # Paths ----------------------------------------------------------------------------------------
     @property

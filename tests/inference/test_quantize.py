@@ -111,7 +111,7 @@ def test_int8_needs_the_run_its_images_come_from(run_copy, tmp_path):
 
 
 def test_int8_file_names():
-    assert quantize.int8_path("a/model.keras").as_posix() == "a/model.int8.onnx"
-    assert quantize.int8_path("a/model.onnx").as_posix() == "a/model.int8.onnx"
-    assert quantize.int8_path("a/model.int8.onnx").as_posix() == "a/model.int8.onnx"
+    assert Run.int8_of("a/model.keras").as_posix() == "a/model.int8.onnx"
+    assert Run.int8_of("a/model.onnx").as_posix() == "a/model.int8.onnx"
+    assert Run.int8_of("a/model.int8.onnx").as_posix() == "a/model.int8.onnx"
     assert quantize.MIN_AGREEMENT == 0.99  # the threshold

@@ -16,10 +16,9 @@ import numpy as np
 
 from cxr import files
 from cxr.errors import UserError
-from cxr.inference.quantize import INT8_SUFFIX, int8_path
 from cxr.inference.tta import check_tta, with_tta
 from cxr.model_metadata import onnx_description, read_description
-from cxr.run import Run
+from cxr.run import INT8_SUFFIX, Run
 
 __all__ = ["ENGINES", "keras_predictor", "load_predictor", "model_classes", "onnx_predictor", "Predictor"]
 
@@ -178,7 +177,7 @@ def _load_predictor(
     if path.suffix == ".onnx" and engine == "keras":
         raise UserError(f"{path} is an ONNX model; use --engine onnx or give the .keras file")
     if engine == "onnx-int8" or path.name.endswith(INT8_SUFFIX):
-        quantized = int8_path(keras_path)
+        quantized = Run.int8_of(keras_path)
         if not quantized.is_file():
             raise FileNotFoundError(f"INT8 model not found: {quantized} "
                                     "(make one with: cxr export RUN --quantize int8)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,33 +20,24 @@ import numpy as np
 
 from cxr import files
 from cxr.errors import UserError
+from cxr.inference.engines import onnx_predictor
 from cxr.inference.export import INPUT_NAME, ExportError, export_onnx
-from cxr.model_metadata import onnx_description, with_description
+from cxr.model_metadata import with_description
 from cxr.run import Run
 
-__all__ = ["CALIBRATION_BATCH", "INT8_SUFFIX", "MIN_AGREEMENT", "int8_path", "quantize_onnx", "quantize_run"]
+__all__ = ["CALIBRATION_BATCH", "MIN_AGREEMENT", "quantize_onnx", "quantize_run"]
 
-INT8_SUFFIX = ".int8.onnx"
 MIN_AGREEMENT = 0.99
 CALIBRATION_BATCH = 16  # images per calibration call (ORT keeps only each tensor's min and max of a call)
-
-
-def int8_path(model_path: str | os.PathLike) -> Path:
-    """Where the INT8 file of a model lives: model.keras -> model.int8.onnx."""
-    path = Path(model_path)
-    return path.with_name(path.stem.removesuffix(".int8") + INT8_SUFFIX)
-
-
-def _batches(images: np.ndarray, size: int) -> Iterator[dict[str, np.ndarray]]:
-    for start in range(0, len(images), size):
-        yield {INPUT_NAME: np.ascontiguousarray(images[start:start + size])}
 
 
 class _Calibration:
     """The validation images in batches, as ONNX Runtime's CalibrationDataReader protocol wants them."""
 
     def __init__(self, images: np.ndarray, batch: int, echo: Callable[[str], None]):
-        self.batches, self.count, self.echo, self.seen = _batches(images, batch), len(images), echo, 0
+        self.batches = ({INPUT_NAME: np.ascontiguousarray(images[start:start + batch])}
+                        for start in range(0, len(images), batch))
+        self.count, self.echo, self.seen = len(images), echo, 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self.batches, None)
@@ -55,10 +46,6 @@ class _Calibration:
             if self.seen == self.count or self.seen % 200 < CALIBRATION_BATCH:
                 self.echo(f"  calibrating: {self.seen}/{self.count} images")
         return batch
-
-
-def _predict(session, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    return np.concatenate([session.run(None, feed)[0] for feed in _batches(images, batch)])
 
 
 def quantize_onnx(
@@ -84,14 +71,13 @@ def quantize_onnx(
 
     Returns:
         The quantisation record (also in the file's metadata under `cxr` -> `quantization`): agreement,
-        images used, sizes; `agreement_ok` says whether the file was written.
+        images used, and the `path` written.
 
     Raises:
         ExportError: the INT8 model agrees on fewer than `min_agreement` of the check images (nothing is
             written; the figures are in the message).
     """
     import onnx
-    import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -111,12 +97,10 @@ def quantize_onnx(
                         quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
                         calibrate_method=CalibrationMethod.MinMax)
+        echo(f"checking the INT8 model against {fp32_path.name} on {len(check)} images...")
+        fp32 = onnx_predictor(fp32_path)
+        expected, got = fp32.predict(check), onnx_predictor(quantized).predict(check)
         proto = onnx.load(str(quantized))
-    providers = ["CPUExecutionProvider"]
-    fp32 = onnxruntime.InferenceSession(str(fp32_path), providers=providers)
-    int8 = onnxruntime.InferenceSession(proto.SerializeToString(), providers=providers)
-    echo(f"checking the INT8 model against {fp32_path.name} on {len(check)} images...")
-    expected, got = _predict(fp32, check), _predict(int8, check)
     agreement = float(np.mean(expected.argmax(1) == got.argmax(1)))
     record = {"format": "QDQ", "activations": "uint8", "weights": "int8, per channel, 7-bit range",
               "calibration": "MinMax", "calibration_images": len(calibration), "check_images": len(check),
@@ -128,9 +112,7 @@ def quantize_onnx(
                           f"{len(check)} check images, under the {min_agreement:.0%} required (largest "
                           f"probability difference {record['max_abs_probability_difference']:.3f}); "
                           f"nothing was written. Use the fp32 model.onnx.")
-    metadata = dict(fp32.get_modelmeta().custom_metadata_map)
-    description = {**onnx_description(metadata), "quantization": record}
-    onnx.helper.set_model_props(proto, with_description(metadata, description))
+    onnx.helper.set_model_props(proto, with_description(fp32.metadata, {**fp32.description, "quantization": record}))
     with files.atomic_path(out) as tmp:
         tmp.write_bytes(proto.SerializeToString())
     echo(f"written {out} ({out.stat().st_size / 1e6:.1f} MB, fp32 {fp32_path.stat().st_size / 1e6:.1f} MB); "
@@ -169,15 +151,15 @@ def quantize_run(
     if run is None:
         raise UserError(f"{model_path} is not in a run folder: INT8 calibration needs the run's validation "
                         "images (give the run folder)")
-    out = Path(out) if out is not None else int8_path(model_path)
+    out = Path(out) if out is not None else Run.int8_of(model_path)
     if out.exists():
         raise FileExistsError(f"{out} already exists; choose another file with --out")
     config, split = run.config(), run.split()
     cache_dir = resolve_cache_dir(config.cache_dir, run.path.parent)
     with tempfile.TemporaryDirectory(prefix="cxr-int8-") as name:
         fp32 = _current_fp32(model_path, Path(name), echo)
-        size = _input_size(fp32)
-        images = {part: load_split_images(cache_dir, split.root or config.data, split.frames[part]["file"], size,
+        images = {part: load_split_images(cache_dir, split.root or config.data, split.frames[part]["file"],
+                                          config.image_size,
                                           config.workers, progress, desc=f"decode {part}", echo=echo)
                   for part in ("val", "test")}
         return quantize_onnx(fp32, out, images["val"], images["test"], echo=echo,
@@ -188,13 +170,6 @@ def _meta(path: Path) -> dict[str, str]:
     import onnx
 
     return {entry.key: entry.value for entry in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
-def _input_size(path: Path) -> int:
-    import onnx
-
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return int(dims[1].dim_value)
 
 
 def _current_fp32(model_path: Path, folder: Path, echo: Callable[[str], None]) -> Path:
