@@ -98,3 +98,12 @@ def test_the_cpu_record_names_the_model_and_only_known_flags():
     record = cpu()
     assert record["model"] and record["cores"] >= 1
     assert record["flags"] is None or set(record["flags"]) <= set(CPU_FLAGS)
+
+
+def test_the_cpu_record_says_when_onednn_is_capped_to_an_older_instruction_set(monkeypatch):
+    from cxr.environment import cpu
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert cpu()["onednn_max_isa"] is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu()["onednn_max_isa"] == "AVX2"

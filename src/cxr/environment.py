@@ -63,7 +63,9 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp1
 
 def cpu() -> dict[str, object]:
     """The CPU model, its logical cores and which of CPU_FLAGS it has (Linux: /proc/cpuinfo; elsewhere
-    the model name only), so that a figure says which machine it came from.
+    the model name only), so that a figure says which machine it came from; and `onednn_max_isa`, the
+    instruction-set cap ONEDNN_MAX_CPU_ISA puts on TensorFlow's oneDNN kernels (None: not capped), since
+    a capped run measures the kernels of an older CPU (benchmarks/training.py uses it to stand in for one).
     """
     model, flags = platform.processor() or platform.machine(), None
     try:
@@ -77,7 +79,8 @@ def cpu() -> dict[str, object]:
     if "flags" in fields:
         present = set(fields["flags"].split())
         flags = [flag for flag in CPU_FLAGS if flag in present]
-    return {"model": model, "cores": os.cpu_count(), "flags": flags}
+    return {"model": model, "cores": os.cpu_count(), "flags": flags,
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or None}
 
 
 def record() -> dict[str, object]:
