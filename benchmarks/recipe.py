@@ -20,7 +20,9 @@ Modes:
         [--seeds 0,1] [--size 96] [--epochs 12] [--weights none|PATH] [--ablation] [--backbone densenet169]
 
 Started again with the same --work, it keeps the runs that finished (their seconds are then the epochs'
-own, from history.csv) and goes on with the rest.
+own, from history.csv) and goes on with the rest. With --finished-only it trains nothing and reports the
+runs that finished so far (the JSON then says `"complete": false` and counts them): a long ablation
+stopped part-way still gives its figures, on fewer folds.
 
 Budget on this project's 2-core machines: DenseNet169 at 128 px costs about 40 s an epoch on 300 images
 with validation, plus about 90 s for the first step; at 96 px about half. The default (2 recipes x 3 folds x
@@ -99,8 +101,10 @@ def variants(recipes: list[str], ablation: bool) -> list[Variant]:
     return found
 
 
-def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.Namespace, seed: int) -> dict:
-    """One `cxr train` in its own process; its test metrics from the run's evaluation."""
+def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.Namespace,
+              seed: int) -> dict | None:
+    """One `cxr train` in its own process; its test metrics from the run's evaluation (None: not run,
+    with --finished-only)."""
     command = [sys.executable, "-m", "cxr", "train", "--split", str(split_dir), "--recipe", variant.recipe,
                *variant.flags, "--runs-dir", str(runs_dir), "--name", "cv", "--image-size", str(args.size),
                "--epochs", str(args.epochs), "--weights", args.weights, "--backbone", args.backbone,
@@ -109,6 +113,8 @@ def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.
     started = time.monotonic()
     if finished:  # a benchmark started again with the same --work: this run was done, keep it
         run = finished[0]
+    elif args.finished_only:
+        return None
     else:
         result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
@@ -138,7 +144,7 @@ def summarise(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         if name == first:
             continue
         difference = group.set_index(["seed", "fold"])[list(METRICS)] - base
-        paired.append({"variant": name, "against": first,
+        paired.append({"variant": name, "against": first, "pairs": int(difference.notna().all(axis=1).sum()),
                        **{f"{m} difference mean": difference[m].mean() for m in METRICS},
                        **{f"{m} difference sd": difference[m].std() for m in METRICS}})
     return summary, pd.DataFrame(paired)
@@ -155,6 +161,8 @@ def main() -> None:
     parser.add_argument("--weights", default="none", help="none (from scratch) or an ImageNet DenseNet169 .h5")
     parser.add_argument("--backbone", default="densenet169")
     parser.add_argument("--ablation", action="store_true")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing; report the runs under --work that finished")
     parser.add_argument("--work", help="where splits and runs go (default: a new temporary folder)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -173,24 +181,34 @@ def main() -> None:
             for index, variant in enumerate(chosen):
                 runs_dir = work / f"seed{seed}-fold{fold}" / f"variant{index}"
                 runs_dir.mkdir(parents=True, exist_ok=True)
+                done = train_one(variant, split_dir, runs_dir, args, seed)
+                if done is None:
+                    continue
                 row = {"variant": variant.name, "seed": seed, "fold": fold,
-                       "images": {name: len(frame) for name, frame in split.frames.items()},
-                       **train_one(variant, split_dir, runs_dir, args, seed)}
+                       "images": {name: len(frame) for name, frame in split.frames.items()}, **done}
                 rows.append(row)
                 print(f"seed {seed} fold {fold} {variant.name}: accuracy {row['accuracy']:.3f}, macro F1 "
                       f"{row['macro_f1']:.3f}, {row['epochs_run']} epochs, {row['seconds']:.0f} s", flush=True)
+    if not rows:
+        sys.exit(f"no finished run under {work}")
     table = pd.DataFrame(rows)
+    planned = len(seeds) * args.folds * len(chosen)
     summary, paired = summarise(table)
     print(summary.round(4).to_string())
     if len(paired):
         print(paired.round(4).to_string(index=False))
+    if len(rows) < planned:
+        print(f"partial: {len(rows)} of {planned} planned runs finished")
     save_result(args.out, "recipe" + ("-ablation" if args.ablation else ""), {
         "protocol": __doc__, "machine": machine_info(),
         # Folders on this machine are left out of the record (the runs are named relative to --work).
-        "settings": {**{k: v for k, v in vars(args).items() if k not in ("data", "work", "out", "cache")},
+        "settings": {**{k: v for k, v in vars(args).items()
+                        if k not in ("data", "work", "out", "cache", "finished_only")},
                      "data": Path(args.data).name,
                      "weights": args.weights if args.weights == "none" else Path(args.weights).name,
                      "variants": [dataclasses.asdict(v) for v in chosen]},
+        "complete": len(rows) == planned, "runs_finished": len(rows), "runs_planned": planned,
+        "runs_per_variant": table.groupby("variant", sort=False).size().to_dict(),
         "runs": rows, "summary": json.loads(summary.to_json()), "paired": paired.to_dict("records"),
         "mean_seconds_per_run": float(np.mean(table["seconds"]))})
 

@@ -19,6 +19,10 @@ system's, as its users run it. Every row records the allocator its process actua
 The -all pipelines train data parallel on every local device (batch 16 per device) and report their
 scaling efficiency against the same precision on one device.
 
+Each row also says where the timed steps' CPU time went (minor page faults, system and user seconds per
+step): a machine whose allocator returns memory to the kernel at every step shows it there. With
+ONEDNN_MAX_CPU_ISA=AVX2 set, oneDNN runs the kernels an AVX2-only CPU would (the JSON records the cap).
+
 Prints a table and writes benchmarks/results/training-<time>.json.
 """
 
@@ -87,20 +91,31 @@ def worker(pipeline: str, size: int, data: Path, cache: Path, steps: int, repeat
     built = time.perf_counter()
 
     marks: dict[str, list[float]] = {"epoch_begin": [], "epoch_end": [], "first_step": []}
+    usage: dict[str, list[resource.struct_rusage]] = {"epoch_begin": [], "epoch_end": []}
+
+    def mark(name: str) -> None:
+        marks[name].append(time.perf_counter())
+        usage[name].append(resource.getrusage(resource.RUSAGE_SELF))
 
     def first_step(batch: int, logs: dict) -> None:
         if not marks["first_step"]:
             marks["first_step"].append(time.perf_counter())
 
     timer = keras.callbacks.LambdaCallback(
-        on_epoch_begin=lambda epoch, logs: marks["epoch_begin"].append(time.perf_counter()),
-        on_epoch_end=lambda epoch, logs: marks["epoch_end"].append(time.perf_counter()),
+        on_epoch_begin=lambda epoch, logs: mark("epoch_begin"),
+        on_epoch_end=lambda epoch, logs: mark("epoch_end"),
         on_train_batch_end=first_step)
     fit_start = time.perf_counter()
     model.fit(batches, epochs=1 + repeats, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[timer])
     rates = [steps * batch / (end - begin) for begin, end in zip(marks["epoch_begin"][1:], marks["epoch_end"][1:],
                                                                     strict=True)]
-    return {"pipeline": pipeline, "image_size": size, "images_per_s": rates, "median_images_per_s":
+    # Where the timed steps' time went: the issue-15 machine spent as much CPU time in the kernel as in
+    # user space, taking page faults as the allocator returned and re-took memory at every step.
+    timed = list(zip(usage["epoch_begin"][1:], usage["epoch_end"][1:], strict=True))
+    per_step = {name: sum(getattr(end, field) - getattr(begin, field) for begin, end in timed) / (steps * repeats)
+                for name, field in (("minor_faults_per_step", "ru_minflt"), ("system_s_per_step", "ru_stime"),
+                                    ("user_s_per_step", "ru_utime"))}
+    return {"pipeline": pipeline, "image_size": size, "images_per_s": rates, **per_step, "median_images_per_s":
             statistics.median(rates), "build_s": built - started, "first_step_s": marks["first_step"][0] - fit_start,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "backend": keras.backend.backend(), "devices": devices, "batch": batch, "allocator": active_allocator()}
@@ -206,7 +221,9 @@ def _compare(row: dict, rows: list[dict], pipeline: str, size: int) -> None:
           f"batch {row['batch']:<4} {row['median_images_per_s']:8.1f} img/s  "
           + (f"{ratio:5.2f}x  " if ratio else "")
           + (f"scaling {efficiency:4.2f}  " if efficiency else "")
-          + f"first step {row['first_step_s']:6.1f} s  peak {row['peak_rss_mib']:7.0f} MiB", flush=True)
+          + f"first step {row['first_step_s']:6.1f} s  peak {row['peak_rss_mib']:7.0f} MiB  "
+          f"per step: {row['minor_faults_per_step']:8.0f} page faults, system {row['system_s_per_step']:5.2f} s, "
+          f"user {row['user_s_per_step']:5.2f} s", flush=True)
 
 
 def _installed(name: str) -> bool:
