@@ -33,3 +33,40 @@ def test_jax_writes_compiled_steps_into_the_cache_folder(tmp_path):
                           env={**os.environ, "KERAS_BACKEND": "jax"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert any(folder.iterdir()), "nothing was cached"
+
+
+JAX_AUGMENTED = """
+import sys
+import keras, numpy as np
+from keras.src.trainers.trainer import model_supports_jit
+from cxr.model import build_model, compile_model, load_model
+model = build_model(3, 16, weights="none", backbone="tiny", augment="radiograph")
+assert not model_supports_jit(model)  # Keras' own answer: RandomRotation & co. say no, for TensorFlow's sake
+compile_model(model)
+assert model.jit_compile is True
+images, labels = np.zeros((4, 16, 16, 1), "uint8"), np.eye(3)[[0, 1, 2, 0]]
+model.fit(images, labels, batch_size=4, verbose=0)
+model.save(sys.argv[1])
+loaded = load_model(sys.argv[1])
+assert loaded.jit_compile is True
+loaded.fit(images, labels, batch_size=4, verbose=0)
+print("compiled", type(loaded.train_function).__name__)
+"""
+
+
+def test_jax_compiles_the_steps_of_a_model_with_geometric_augmentation(tmp_path):
+    # Without cxr.model.allow_jit, Keras ran such a model's steps op by op under JAX: for DenseNet169,
+    # minutes of first epoch compiling single operations and slow steps after it.
+    done = subprocess.run([sys.executable, "-c", JAX_AUGMENTED, str(tmp_path / "m.keras")], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "compiled" in done.stdout
+
+
+@needs_tensorflow
+def test_tensorflow_keeps_keras_choice_for_the_augmentation_layers():
+    from cxr.model import build_model, compile_model
+
+    model = compile_model(build_model(3, 16, weights="none", backbone="tiny", augment="radiograph"))
+    assert model.jit_compile is False
+    assert not model.get_layer("augment_rotate").supports_jit

@@ -22,10 +22,10 @@ from cxr.config import AUGMENTATIONS, BACKBONES
 from cxr.errors import WeightsError
 from cxr.precision import precision_scope
 
-__all__ = ["augmentation", "build_model", "compile_model", "DENSENET169_NOTOP_FILE", "DENSENET169_NOTOP_MD5",
-           "DENSENET169_NOTOP_URL", "head", "IMAGENET_MEAN", "IMAGENET_STD", "imagenet_weights_path",
-           "LAST_CONV_LAYER", "load_backbone_weights", "load_model", "predict_array", "preprocess",
-           "resolve_weights", "warmup_cosine"]
+__all__ = ["allow_jit", "augmentation", "build_model", "compile_model", "DENSENET169_NOTOP_FILE",
+           "DENSENET169_NOTOP_MD5", "DENSENET169_NOTOP_URL", "head", "IMAGENET_MEAN", "IMAGENET_STD",
+           "imagenet_weights_path", "LAST_CONV_LAYER", "load_backbone_weights", "load_model", "predict_array",
+           "preprocess", "resolve_weights", "warmup_cosine"]
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
@@ -35,6 +35,9 @@ DENSENET169_NOTOP_URL = (
 )
 DENSENET169_NOTOP_MD5 = "b8c4d4c20dd625c148057b9ff1c1176b"
 LAST_CONV_LAYER = {"densenet169": "relu", "tiny": "tiny_relu3"}
+# Keras' layers that say they cannot be compiled with XLA: true of TensorFlow's image transform, not of
+# JAX's (jax.scipy.ndimage.map_coordinates). See allow_jit.
+_XLA_SHY_LAYERS = ("RandomRotation", "RandomTranslation", "RandomZoom")
 
 
 def augmentation(inputs: keras.KerasTensor, kind: str) -> keras.KerasTensor:
@@ -242,7 +245,35 @@ def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.sc
         chosen = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose from adamax, adamw")
+    allow_jit(model)
     model.compile(optimizer=chosen, loss=loss, metrics=["accuracy"])
+    return model
+
+
+def allow_jit(model: keras.Model) -> keras.Model:
+    """Under JAX, let Keras compile the steps of a model with the geometric augmentation layers.
+
+    RandomRotation, RandomTranslation and RandomZoom set `supports_jit = False` (TensorFlow's image
+    transform has no XLA kernel), and one such layer makes Keras run every train, test and predict step
+    of the whole model op by op. Under JAX that cost DenseNet169 minutes of compiling single operations in
+    the first epoch and ~15x slower steps after it; JAX's version of their transform compiles like any
+    other op, so they are marked as supporting it. Under TensorFlow nothing changes (Keras does not use
+    XLA there on a CPU, and these layers must not be). Call it before `compile`; on a model already
+    compiled (a loaded one) it also turns compilation back on.
+
+    Args:
+        model: the classifier (its augmentation layers are top-level, see build_model).
+
+    Returns:
+        The same model.
+    """
+    if keras.backend.backend() != "jax":
+        return model
+    shy = [layer for layer in model.layers if type(layer).__name__ in _XLA_SHY_LAYERS]
+    for layer in shy:
+        layer.supports_jit = True
+    if shy and model.compiled:
+        model.jit_compile = True
     return model
 
 
@@ -266,7 +297,7 @@ def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    return allow_jit(keras.saving.load_model(path, safe_mode=True, compile=compile))
 
 
 def predict_array(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
