@@ -23,7 +23,8 @@ Each row also says where the timed steps' CPU time went (minor page faults, syst
 step): a machine whose allocator returns memory to the kernel at every step shows it there. With
 ONEDNN_MAX_CPU_ISA=AVX2 set, oneDNN runs the kernels an AVX2-only CPU would (the JSON records the cap).
 
-Prints a table and writes benchmarks/results/training-<time>.json.
+Prints a table and writes benchmarks/results/training-<time>.json, rewritten after every row (`"complete"`
+says whether every planned row is in it), so a run stopped by a time limit keeps what it measured.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
     from common import machine_info, save_result
 
+    from cxr import files as files_io
     from cxr.data.cache import cached_images
     from cxr.data.synthetic import write_synthetic_dataset
 
@@ -164,18 +166,20 @@ def run(args: argparse.Namespace, work: Path) -> None:
     unknown = set(pipelines) - set(PIPELINES)
     if unknown:
         raise SystemExit(f"unknown pipeline(s) {', '.join(sorted(unknown))}; choose from {', '.join(PIPELINES)}")
-    rows = []
-    for size in sizes:
-        for pipeline in pipelines:
-            for allocator in (["system"] if pipeline == "reference" else _allocators(args.allocators)):
-                row = _run_row(args, pipeline, size, allocator, data, work)
-                _compare(row, rows, pipeline, size)
-                rows.append(row)
     versions = {name: importlib.metadata.version(name) for name in ("keras", "tensorflow-cpu", "tensorflow", "jax")
                 if _installed(name)}
     result = {"benchmark": "training", "batch_size": BATCH, "steps": args.steps, "repeats": args.repeats,
-              "images": len(files), "machine": machine_info(**versions), "rows": rows}
-    save_result(args.out, "training", result)
+              "images": len(files), "machine": machine_info(**versions), "complete": False, "rows": []}
+    planned = [(size, pipeline, allocator) for size in sizes for pipeline in pipelines
+               for allocator in (["system"] if pipeline == "reference" else _allocators(args.allocators))]
+    path = None  # named (and printed) at the first row
+    for size, pipeline, allocator in planned:
+        row = _run_row(args, pipeline, size, allocator, data, work)
+        _compare(row, result["rows"], pipeline, size)
+        result["rows"].append(row)
+        result["complete"] = len(result["rows"]) == len(planned)
+        # Rewritten after every row: a run stopped by a time limit (a lent GPU) keeps what it measured.
+        path = files_io.write_json(path, result) if path else save_result(args.out, "training", result)
 
 
 def _allocators(text: str) -> list[str]:
