@@ -38,11 +38,10 @@ def test_train_evaluate_predict_on_the_real_sample(sample, tmp_path, backend):
     runs = tmp_path / "runs"
     # Training takes cxr's default allocator (tcmalloc where installed, as on CI); the re-evaluation below
     # (TensorFlow's) runs with the system's, as CXR_ALLOCATOR=system asks.
-    # The JAX run keeps the reference recipe until its time with the default one (whose geometric
-    # augmentation used to run op by op, see cxr.model.allow_jit) has been measured on CI.
-    recipe = ("--recipe", "reference") if backend == "jax" else ()
+    # Both backends train the default recipe (under JAX its geometric augmentation is compiled, see
+    # cxr.model.allow_jit).
     printed = cxr("train", "--data", str(sample), "--name", "e2e", "--runs-dir", str(runs), "--weights", "none",
-                  "--image-size", "32", "--epochs", "2", "--batch-size", "16", *recipe, backend=backend)
+                  "--image-size", "32", "--epochs", "2", "--batch-size", "16", backend=backend)
     library = allocator.find("auto")
     expected = "system" if library is None else "tcmalloc" if "tcmalloc" in library.name else "jemalloc"
     recorded = yaml.safe_load((only_run(runs) / "config.yaml").read_text())["environment"]
