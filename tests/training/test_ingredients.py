@@ -21,6 +21,7 @@ from cxr.data.batches import ImageBatches, balanced_class_weights
 from cxr.errors import ConfigError
 from cxr.model import build_model, compile_model, load_model, warmup_cosine
 from cxr.training.controller import AdaptiveLR
+from cxr.training.history import EpochLog
 from cxr.training.loop import TrainingStopped, resume, train
 
 QUIET = dict(progress=False, echo=lambda *_: None)
@@ -104,6 +105,25 @@ def test_warmup_then_cosine_follows_the_optimizer_steps():
     assert isinstance(model.optimizer, keras.optimizers.AdamW) and model.optimizer.weight_decay == pytest.approx(0.05)
     assert isinstance(compile_model(build_model(2, 32, weights="none", backbone="tiny")).optimizer,
                       keras.optimizers.Adamax)
+
+
+def test_under_a_schedule_the_epoch_line_shows_the_rates_the_epoch_began_and_ended_with():
+    # Warm-up over the first of 5 epochs of 10 steps: epoch 1 begins at 0, which alone would read as if
+    # nothing trained; the history row keeps the rate it began with.
+    model = compile_model(build_model(2, 32, weights="none", backbone="tiny"),
+                          warmup_cosine(0.01, epochs=5, steps_per_epoch=10, warmup_epochs=1))
+    model.optimizer.build(model.trainable_variables)
+    lines = []
+    for scheduled in (True, False):
+        log = EpochLog(5, echo=lines.append, scheduled=scheduled)
+        log.set_model(model)
+        model.optimizer.iterations.assign(0)
+        log.on_epoch_begin(0)
+        model.optimizer.iterations.assign(10)  # the epoch's 10 steps
+        log.on_epoch_end(0, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5})
+        assert log.rows[-1]["learning_rate"] == 0.0
+    assert "  lr 0.00e+00 to 1.00e-02  " in lines[0]
+    assert "  lr 0.00e+00  " in lines[1]
 
 
 def test_under_a_schedule_the_controller_keeps_the_best_weights_and_changes_nothing_else():

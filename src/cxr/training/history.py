@@ -31,10 +31,12 @@ class EpochLog(keras.callbacks.Callback):
         carried_seconds: the time already spent in the first epoch (a run resumed inside an epoch).
         carried_learning_rate: the rate that first epoch began with (under a schedule the rate moves every
             step, and the resumed part begins later).
+        scheduled: the rate follows a schedule (warm-up, cosine): the line then shows the rates the epoch
+            began and ended with (under warm-up, epoch 1 begins at 0).
     """
 
     def __init__(self, epochs: int, echo: Callable[[str], None] = print, rows: list[dict[str, Any]] | None = None,
-                 carried_seconds: float = 0.0, carried_learning_rate: float | None = None):
+                 carried_seconds: float = 0.0, carried_learning_rate: float | None = None, scheduled: bool = False):
         super().__init__()
         self.epochs = epochs
         self.echo = echo
@@ -43,6 +45,7 @@ class EpochLog(keras.callbacks.Callback):
         self.carried_seconds = carried_seconds
         self.carried_learning_rate = carried_learning_rate
         self.learning_rate = 0.0
+        self.scheduled = scheduled
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.started = time.monotonic() - self.carried_seconds
@@ -63,9 +66,12 @@ class EpochLog(keras.callbacks.Callback):
                "learning_rate": self.learning_rate, "seconds": round(seconds, 3),
                **{key: logs.get(key) for key in DECISION_KEYS}, "answer": ""}
         self.rows.append(row)
+        rate = f"{row['learning_rate']:.2e}"
+        if self.scheduled:  # the controller only changes a constant rate, so this is the schedule's own end
+            rate += f" to {current_learning_rate(self.model):.2e}"
         line = (f"epoch {epoch + 1}/{self.epochs}  loss {_fmt(row['loss'])}  acc {_fmt(row['accuracy'])}  "
                 f"val_loss {_fmt(row['val_loss'])}  val_acc {_fmt(row['val_accuracy'])}  "
-                f"lr {row['learning_rate']:.2e}  {seconds:.1f}s")
+                f"lr {rate}  {seconds:.1f}s")
         if row["monitor"]:
             line += f"  | {row['monitor']} {row['improvement_pct']:+.2f}%"
             if row["action"]:

@@ -429,7 +429,8 @@ def _assemble_callbacks(run: Run, config: Config, state: dict[str, Any] | None, 
         controller.set_state(state["adaptive"], best_weights)
     partial = (state or {}).get("partial") or {}
     history = EpochLog(config.epochs, console.echo, rows=state["history"] if state else None,
-                       carried_seconds=partial.get("seconds", 0.0), carried_learning_rate=partial.get("learning_rate"))
+                       carried_seconds=partial.get("seconds", 0.0), carried_learning_rate=partial.get("learning_rate"),
+                       scheduled=config.schedule != "adaptive")
     # The processes of a job would each choose their own moment: they save at epoch ends only.
     every = config.checkpoint_every * 60 if config.checkpoint_every > 0 else None
     within = WithinEpoch(train_batches.batches_per_epoch, every) if placement.process_count == 1 else None
