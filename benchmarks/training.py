@@ -172,6 +172,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
               "images": len(files), "machine": machine_info(**versions), "complete": False, "rows": []}
     planned = [(size, pipeline, allocator) for size in sizes for pipeline in pipelines
                for allocator in (["system"] if pipeline == "reference" else _allocators(args.allocators))]
+    if not planned:
+        raise SystemExit("nothing to measure: no pipeline with an installed allocator was chosen")
     path = None  # named (and printed) at the first row
     for size, pipeline, allocator in planned:
         row = _run_row(args, pipeline, size, allocator, data, work)

@@ -189,6 +189,7 @@ def test_every_ingredient_trains_from_the_command_line(phantoms, tmp_path, backe
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
         env={**os.environ, "KERAS_BACKEND": backend})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "epoch 1/2" in result.stdout and " lr 0.00e+00 to 1.00e-03 " in result.stdout  # the warm-up epoch
     run = only_run(tmp_path)
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [1, 2]
     recorded = yaml.safe_load((run / "config.yaml").read_text())
