@@ -36,7 +36,7 @@ def test_jax_writes_compiled_steps_into_the_cache_folder(tmp_path):
 
 
 JAX_AUGMENTED = """
-import sys
+import sys, warnings
 import keras, numpy as np
 from keras.src.trainers.trainer import model_supports_jit
 from cxr.model import build_model, compile_model, load_model
@@ -47,8 +47,11 @@ assert model.jit_compile is True
 images, labels = np.zeros((4, 16, 16, 1), "uint8"), np.eye(3)[[0, 1, 2, 0]]
 model.fit(images, labels, batch_size=4, verbose=0)
 model.save(sys.argv[1])
-loaded = load_model(sys.argv[1])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    loaded = load_model(sys.argv[1])
 assert loaded.jit_compile is True
+assert not [w for w in caught if "jit_compile" in str(w.message)], [str(w.message) for w in caught]
 loaded.fit(images, labels, batch_size=4, verbose=0)
 print("compiled", type(loaded.train_function).__name__)
 """

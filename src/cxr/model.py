@@ -12,6 +12,7 @@ top-level model: Grad-CAM can reach `relu`, DenseNet169's last convolutional act
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import keras
@@ -298,7 +299,13 @@ def load_model(path: str | os.PathLike, compile: bool = True) -> keras.Model:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    return allow_jit(keras.saving.load_model(path, safe_mode=True, compile=compile))
+    with warnings.catch_warnings():
+        if keras.backend.backend() == "jax":
+            # Keras compiles a loaded model before allow_jit can mark its augmentation layers, warns that it
+            # proceeds without jit_compile, and allow_jit then turns it back on: the warning would mislead.
+            warnings.filterwarnings("ignore", message="Model doesn't support `jit_compile=True`")
+        model = keras.saving.load_model(path, safe_mode=True, compile=compile)
+    return allow_jit(model)
 
 
 def predict_array(model: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
