@@ -178,7 +178,7 @@ def main() -> None:
     scan = scan_dataset(args.data, progress=False)
     chosen = variants(args.recipes.split(","), args.ablation)
     seeds = [int(s) for s in args.seeds.split(",")]
-    tasks = []  # (seed, fold, variant index, variant, split, split folder, runs folder), in report order
+    tasks = []  # (seed, fold, variant, split, split folder, runs folder), in report order
     for seed in seeds:
         for fold, split in enumerate(folds(scan, args.folds, seed)):
             split_dir = work / f"seed{seed}-fold{fold}" / "split"
@@ -187,13 +187,13 @@ def main() -> None:
             for index, variant in enumerate(chosen):
                 runs_dir = work / f"seed{seed}-fold{fold}" / f"variant{index}"
                 runs_dir.mkdir(parents=True, exist_ok=True)
-                tasks.append((seed, fold, index, variant, split, split_dir, runs_dir))
+                tasks.append((seed, fold, variant, split, split_dir, runs_dir))
 
     failed = threading.Event()  # a run failed: start no other (those under way finish, and are kept)
     printing = threading.Lock()
 
     def run_task(task: tuple) -> dict | None:
-        seed, fold, _, variant, split, split_dir, runs_dir = task
+        seed, fold, variant, split, split_dir, runs_dir = task
         if failed.is_set():
             return None
         try:
