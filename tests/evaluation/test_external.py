@@ -165,6 +165,24 @@ def test_find_overlap_takes_exact_copies_first_then_the_nearest_hash():
     assert overlap_summary(overlap.iloc[:0], 3, 20, keep=False)["summary"].startswith("none of the 3 external")
 
 
+def test_a_copy_of_a_training_image_is_named_before_a_nearer_copy_of_a_test_image():
+    def bits(*ranges):  # a 256-bit perceptual hash with these bits set
+        return f"{sum(1 << bit for bits in ranges for bit in bits):064x}"
+
+    # The test image and the training image are 30 bits apart, so the split could put them apart; the external
+    # image is 12 bits from the test image and 18 from the training image: a copy of both at distance 20.
+    known = pd.DataFrame({"file": ["T.png", "R.png"], "label": ["X", "X"], "split": ["test", "train"],
+                          "md5": ["t", "r"], "phash": [bits(range(12)), bits(range(12, 30))]})
+    external = _hashes([("between.png", "X", "e", bits()), ("test-only.png", "X", "e2", bits(range(10)))])
+    overlap = find_overlap(external, known, max_distance=20)
+    assert overlap[["file", "run_file", "run_split", "distance"]].values.tolist() == [
+        ["between.png", "R.png", "train", 18], ["test-only.png", "T.png", "test", 2]]
+    assert overlap_summary(overlap, 2, 20, keep=False)["excluded"] == 1
+    same_bytes = _hashes([("copy.png", "X", "m", bits())])
+    both = known.assign(md5="m")  # the same bytes in test and train: the training copy is named
+    assert find_overlap(same_bytes, both, max_distance=-1)["run_split"].tolist() == ["train"]
+
+
 def test_old_splits_without_hashes_are_hashed_again(tiny_run, tmp_path):
     from cxr.evaluation.leakage import run_hashes
 

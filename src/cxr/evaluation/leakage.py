@@ -69,7 +69,9 @@ def run_hashes(split: Split, workers: int | None = None, progress: bool = True,
 
 def find_overlap(external: pd.DataFrame, run: pd.DataFrame, max_distance: int, chunk: int = 256) -> pd.DataFrame:
     """Each external image's nearest run image, where it is a copy (same bytes, or hashes within
-    `max_distance` bits; -1: same bytes only).
+    `max_distance` bits; -1: same bytes only). A copy of an image the model learnt from (train or val)
+    is named before a nearer copy of a test image: two run images more than `max_distance` apart may
+    sit in different splits, and an external image can lie within reach of both.
 
     Args:
         external: file, label, md5, phash of the external images.
@@ -79,23 +81,30 @@ def find_overlap(external: pd.DataFrame, run: pd.DataFrame, max_distance: int, c
 
     Returns:
         OVERLAP_COLUMNS, one row per overlapping external image: its nearest run image (an exact copy
-        first), that image's split, `match` ("exact" or "near") and the Hamming distance in bits.
+        first, then a train or val image), that image's split, `match` ("exact" or "near") and the
+        Hamming distance in bits.
     """
     if len(external) == 0 or len(run) == 0:
         return pd.DataFrame(columns=OVERLAP_COLUMNS)
     run = run.reset_index(drop=True)
     run_words = hash_words(run["phash"])
-    by_md5 = {md5: index for index, md5 in reversed(list(enumerate(run["md5"])))}
+    learnt = run["split"].isin(EXCLUDED_SPLITS).to_numpy()
+    # Exact copies: a train or val image's index wins over a test image's with the same bytes.
+    by_md5 = {md5: index for index, md5 in sorted(enumerate(run["md5"]), key=lambda pair: (learnt[pair[0]], -pair[0]))}
     rows = []
     for start in range(0, len(external), chunk):
         block = external.iloc[start:start + chunk]
         distance = np.bitwise_count(hash_words(block["phash"])[:, None, :] ^ run_words[None, :, :]).sum(axis=-1)
-        nearest = distance.argmin(axis=1)
-        for row, (item, near) in enumerate(zip(block.itertuples(index=False), nearest, strict=True)):
+        candidates = (distance.argmin(axis=1),)
+        if learnt.any():
+            candidates = (np.where(learnt, distance, np.iinfo(distance.dtype).max).argmin(axis=1), *candidates)
+        for row, item in enumerate(block.itertuples(index=False)):
             exact = by_md5.get(item.md5)
+            near = next((int(nearest[row]) for nearest in candidates
+                         if max_distance >= 0 and distance[row, nearest[row]] <= max_distance), None)
             if exact is not None:
                 rows.append(_overlap_row(item, run.iloc[exact], "exact", int(distance[row, exact])))
-            elif max_distance >= 0 and distance[row, near] <= max_distance:
+            elif near is not None:
                 rows.append(_overlap_row(item, run.iloc[near], "near", int(distance[row, near])))
     return pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
 
