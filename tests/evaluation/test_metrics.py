@@ -43,6 +43,29 @@ def test_a_class_without_positives_has_undefined_not_zero_metrics():
         assert math.isnan(m[name]), name
 
 
+def test_a_class_the_model_never_predicts_has_precision_zero_in_every_average_and_resample():
+    from sklearn.metrics import precision_score
+
+    # 100 cases of 4 classes; none of class 3's ten is found, and one class-0 image is called class 3.
+    truth = np.repeat([0, 1, 2, 3], [40, 30, 20, 10])
+    predicted = np.where(truth == 3, 0, truth)
+    predicted[:5], predicted[5] = 1, 3
+    probabilities = np.full((100, 4), 0.1)
+    probabilities[np.arange(100), predicted] = 0.7
+    missed = np.where(np.arange(100) == 5, 0, predicted)  # class 3 never predicted at all
+    m = point_metrics(truth, np.eye(4)[missed])
+    assert m["precision/3"] == 0.0
+    assert m["macro/precision"] == pytest.approx(precision_score(truth, missed, average="macro", zero_division=0))
+    assert m["weighted/precision"] == pytest.approx(precision_score(truth, missed, average="weighted",
+                                                                    zero_division=0))
+    # Resamples without image 5 (about a third) never predict class 3: its precision stays 0, not undefined,
+    # so the interval does not stretch upwards to averages over three classes (0.910 before).
+    low, high = bootstrap_intervals(truth, probabilities, n_resamples=300, seed=0)["macro/precision"]
+    point = point_metrics(truth, probabilities)["macro/precision"]
+    assert point == pytest.approx(0.6575, abs=5e-5) and low <= point <= high, (low, high)
+    assert high < 0.75, (low, high)
+
+
 def test_stratified_resamples_keep_class_counts_and_are_reproducible():
     truth = np.array([0] * 5 + [1] * 3 + [2] * 2)
     rows = stratified_resamples(truth, 50, seed=7)

@@ -2,7 +2,9 @@
 
 scikit-learn computes every metric. A metric that is undefined on a set (a class with no positives
 has no sensitivity and no ROC AUC) is NaN, never 0, so it cannot pass for a real value; averages
-skip it and the interval of a metric that is undefined in some resamples comes from the others.
+skip it and the interval of a metric that is undefined in some resamples comes from the others. A class
+with cases that the model never predicts has precision 0, as in scikit-learn's default: left out, it would
+raise the average for the model's worst miss, and drop in and out of the average between resamples.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def point_metrics(truth: np.ndarray, probabilities: np.ndarray,
     negatives = len(truth) - support
     precision, sensitivity, f1, _ = precision_recall_fscore_support(truth, predicted, labels=labels, average=None,
                                                                      zero_division=np.nan)
+    precision = np.where(np.isnan(precision) & (support > 0), 0.0, precision)
     # One-vs-rest curves, one call for all classes that have both positives and negatives.
     onehot = truth[:, None] == labels[None, :]
     ranked = (support > 0) & (support < len(truth))
