@@ -151,3 +151,51 @@ def test_evaluate_says_when_the_dataset_folder_is_gone_and_leaves_no_empty_folde
     assert ("the dataset folder of" in (err := capsys.readouterr().err) and "runs/demo-data/phantoms" in err
             and "relative to the folder the run was trained from" in err)
     assert not (copy / "eval-2").exists()
+
+
+def test_a_refused_resume_changes_nothing_and_an_empty_split_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    from cxr.errors import ConfigError, DatasetError
+    from cxr.training.loop import resume
+
+    copy = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    before = (copy / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match="learning_rate must be positive"):
+        resume(copy, epochs=20, learning_rate=0.0, progress=False, echo=lambda *_: None)
+    assert (copy / "config.yaml").read_bytes() == before  # a later plain --resume does not train to 20
+    header = (copy / "split" / "val.csv").read_text().splitlines()[0]
+    (copy / "split" / "val.csv").write_text(header + "\n")  # as a new run on too few images leaves its folder
+    with pytest.raises(DatasetError, match="the val split"):
+        resume(copy, epochs=3, progress=False, echo=lambda *_: None)
+    assert (copy / "config.yaml").read_bytes() == before
+
+
+def test_a_scheduled_run_cannot_be_shortened_or_lengthened_on_resume(tmp_path):
+    from cxr.errors import ConfigError
+    from cxr.run import Run
+    from cxr.training.loop import _continuation
+
+    config = resolve(recipe="augmented-cosine", data="d", epochs=4)
+    state = {"epoch": 1, "status": "interrupted", "adaptive": {"wait": 0, "reductions": 0}}
+    for epochs in (2, 6):  # the saved optimizer's cosine runs over 4 epochs either way
+        with pytest.raises(ConfigError, match=f"over 4 epochs; --epochs cannot change that to {epochs}"):
+            _continuation(Run(tmp_path), config, state, epochs)
+    assert _continuation(Run(tmp_path), config, state, None) == (config, state, False)
+    adaptive = resolve(recipe="reference", data="d", epochs=4)
+    assert _continuation(Run(tmp_path), adaptive, state, 2)[0].epochs == 2
+
+
+def test_after_a_nan_a_scheduled_run_is_told_to_start_again_lower(tiny_run, tmp_path):
+    import shutil
+
+    from cxr.run import Run
+    from cxr.training.loop import _next_step
+
+    copy = Run(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock")))
+    assert _next_step(copy, "nan", 1e-3) == f"Resume with: cxr train --resume {copy} --learning-rate 0.0001"
+    assert _next_step(copy, "interrupted", 1e-3) == f"Resume with: cxr train --resume {copy}"
+    settings = yaml.safe_load((copy.path / "config.yaml").read_text())
+    (copy.path / "config.yaml").write_text(yaml.safe_dump({**settings, "schedule": "cosine", "learning_rate": 0.002}))
+    assert _next_step(copy, "nan", 1e-4) == ("Its cosine schedule cannot change on --resume: start a new run with "
+                                             "a lower peak rate, e.g. --learning-rate 0.0002")

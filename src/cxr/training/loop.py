@@ -171,11 +171,15 @@ def _resume(run: Run, config: Config, placement: distribute.Plan, console: Conso
         state = _resumable_state(run)
         if learning_rate is not None and config.schedule != "adaptive":
             raise ConfigError(f"{run} follows the {config.schedule} schedule; its rate cannot be replaced on --resume")
-        config, state, finalize = _continuation(run, config, state, epochs, placement.chief)
         if learning_rate is not None and not learning_rate > 0:
             raise ConfigError(f"learning_rate must be positive, got {learning_rate!r}")
+        split = run.split()
+        _check_not_empty(split)  # a run folder left by a new run that stopped there
+        config, state, finalize = _continuation(run, config, state, epochs)
         _global_batch(config, state, placement)  # fails fast when the devices changed
         if placement.chief:
+            if epochs is not None:  # only once every check has passed: a refused resume changes nothing
+                run.write_config(config, environment=run.environment())
             run.remove_temporaries(console.echo)
         console.echo(_resuming(run, config, state, finalize=finalize))
         if finalize and placement.replicas > 1:  # evaluation alone: one device, no partner processes
@@ -185,7 +189,7 @@ def _resume(run: Run, config: Config, placement: distribute.Plan, console: Conso
                 return None
             placement = distribute.Plan(placement.devices[:1])
         with workspace(placement, lambda: run, locked=False) as own:
-            return _train_and_evaluate(own, config, run.split(), console, placement=placement, state=state,
+            return _train_and_evaluate(own, config, split, console, placement=placement, state=state,
                                        learning_rate=learning_rate, finalize=finalize, source=run)
 
 
@@ -255,23 +259,23 @@ def _resumable_state(run: Run) -> dict[str, Any] | None:
     return state
 
 
-def _continuation(run: Run, config: Config, state: dict[str, Any] | None, epochs: int | None,
-                  chief: bool) -> tuple[Config, dict[str, Any] | None, bool]:
+def _continuation(run: Run, config: Config, state: dict[str, Any] | None,
+                  epochs: int | None) -> tuple[Config, dict[str, Any] | None, bool]:
     """What a resume does: train to more `epochs`, finish where training ended but its evaluation did
-    not (finalize), or refuse a run that is complete. Returns (config, state, finalize).
+    not (finalize), or refuse a run that is complete. Returns (config, state, finalize); the caller
+    records a new `epochs` in config.yaml.
     """
     done = state["epoch"] if state else 0
     complete = state is not None and (state.get("status") in COMPLETE or done >= config.epochs)
     if epochs is not None:
         if epochs <= done:
             raise ConfigError(f"{run} has trained {done} epoch(s) already; --epochs must be more than that")
-        if config.schedule != "adaptive" and epochs > config.epochs:
-            # The schedule was laid out over the run's epochs and ends at a rate of 0: more epochs would train nothing.
-            raise ConfigError(f"{run} follows the {config.schedule} schedule over {config.epochs} epochs, which ends "
-                              f"at a rate of 0; it cannot be extended to {epochs} (start a new run)")
+        if config.schedule != "adaptive" and epochs != config.epochs:
+            # The schedule was laid out over the run's epochs (in the saved optimizer): more epochs would train
+            # at a rate of 0, fewer would end at a high rate, and config.yaml would describe neither.
+            raise ConfigError(f"{run} follows the {config.schedule} schedule over {config.epochs} epochs; --epochs "
+                              f"cannot change that to {epochs} (resume without --epochs, or start a new run)")
         config = dataclasses.replace(config, epochs=epochs).validate()
-        if chief:
-            run.write_config(config, environment=run.environment())
         if state:
             state["adaptive"].update(wait=0, reductions=0)
         return config, state, False
@@ -597,13 +601,25 @@ def _evaluate(run: Run, images: dict[str, np.ndarray] | None, checkpoint: RunChe
     with distribute.single_device():
         metrics = evaluate_run(run.path, images=images, progress=console.progress, echo=console.echo,
                                out_name="eval-interrupted", splits=("val", "test"))
-    command = f"cxr train --resume {run}"
-    if stopped.kind == Status.NAN:
-        command += f" --learning-rate {checkpoint.state['learning_rate'] / 10:.2g}"
     saved = checkpoint.saved()
     raise TrainingStopped(f"{stopped.reason}. {saved[0].upper()}{saved[1:]}; the best so far is model.keras, "
-                          f"evaluated in {metrics['eval_dir']}. Resume with: {command}",
+                          f"evaluated in {metrics['eval_dir']}. "
+                          + _next_step(run, stopped.kind, checkpoint.state["learning_rate"]),
                           stopped.kind, stopped.exit_code)
+
+
+def _next_step(run: Run, kind: str, rate: float) -> str:
+    """What to run after a stop: the resume command; after a NaN, with a tenth of the rate (`rate`, the one
+    training stopped at), or a new run where the schedule's rates are in the saved optimizer and a resume
+    would meet the same NaN.
+    """
+    if kind != Status.NAN:
+        return f"Resume with: cxr train --resume {run}"
+    config = run.config()
+    if config.schedule == "adaptive":
+        return f"Resume with: cxr train --resume {run} --learning-rate {rate / 10:.2g}"
+    return (f"Its {config.schedule} schedule cannot change on --resume: start a new run with a lower peak rate, "
+            f"e.g. --learning-rate {config.learning_rate / 10:.2g}")
 
 
 def _resume_hint(run: Run, checkpoint: RunCheckpoint) -> str:
