@@ -199,3 +199,26 @@ def test_after_a_nan_a_scheduled_run_is_told_to_start_again_lower(tiny_run, tmp_
     (copy.path / "config.yaml").write_text(yaml.safe_dump({**settings, "schedule": "cosine", "learning_rate": 0.002}))
     assert _next_step(copy, "nan", 1e-4) == ("Its cosine schedule cannot change on --resume: start a new run with "
                                              "a lower peak rate, e.g. --learning-rate 0.0002")
+
+
+def test_a_signal_after_the_controllers_stop_leaves_the_run_stopped_early(tmp_path):
+    import types
+
+    from cxr.run import Run
+    from cxr.training.loop import _continuation, _status
+    from cxr.training.stopping import StopSignals
+
+    config = resolve(recipe="reference", data="d", epochs=10)
+    signals = StopSignals()
+    signals.received = "SIGTERM"  # during the validation of the epoch after which the controller stopped
+    late = signals.stopped("after the last epoch")
+    controller = types.SimpleNamespace(reductions=3, stop_patience=3)
+    saved = types.SimpleNamespace(state={"epoch": 5})
+    loop = types.SimpleNamespace(controller=controller, prompt=None, checkpoint=saved)
+    assert _status(config, loop, None, late, finalize=False) == "stopped early"
+    controller.reductions = 2  # no decision yet: the signal interrupted the run
+    assert _status(config, loop, None, late, finalize=False) == "interrupted"
+    # Killed after the epoch's save but before the status was written: the saved controller says it stopped.
+    state = {"epoch": 5, "status": "running", "adaptive": {"wait": 0, "reductions": 3}}
+    assert _continuation(Run(tmp_path), config, state, None)[2] is True  # evaluate it, train no more
+    assert _continuation(Run(tmp_path), config, {**state, "adaptive": {"reductions": 2}}, None)[2] is False

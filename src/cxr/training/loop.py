@@ -266,7 +266,10 @@ def _continuation(run: Run, config: Config, state: dict[str, Any] | None,
     records a new `epochs` in config.yaml.
     """
     done = state["epoch"] if state else 0
-    complete = state is not None and (state.get("status") in COMPLETE or done >= config.epochs)
+    # The controller's stop is in the saved state even when the process died before recording the status.
+    stopped_early = state is not None and config.schedule == "adaptive" and \
+        state["adaptive"].get("reductions", 0) >= config.stop_patience
+    complete = state is not None and (state.get("status") in COMPLETE or done >= config.epochs or stopped_early)
     if epochs is not None:
         if epochs <= done:
             raise ConfigError(f"{run} has trained {done} epoch(s) already; --epochs must be more than that")
@@ -582,11 +585,13 @@ def _status(config: Config, loop: Loop, state: dict[str, Any] | None, stopped: T
     done = loop.checkpoint.state["epoch"]
     if finalize:
         return Status(state["status"]) if state["status"] in COMPLETE else Status.FINISHED
-    if stopped:
+    halted = loop.prompt is not None and loop.prompt.halted
+    early = loop.controller.reductions >= loop.controller.stop_patience and done < config.epochs
+    if stopped and not (halted or early):  # a signal after the user's or the controller's decision changes nothing
         return Status(stopped.kind)
-    if loop.prompt is not None and loop.prompt.halted:
+    if halted:
         return Status.HALTED
-    if loop.controller.reductions >= loop.controller.stop_patience and done < config.epochs:
+    if early:
         return Status.STOPPED_EARLY
     return Status.FINISHED
 
