@@ -102,6 +102,21 @@ def test_nothing_is_saved_inside_an_epoch_without_a_batch_done_or_when_it_is_off
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_weights_that_are_not_finite_are_never_saved_inside_an_epoch(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    checkpoint = checkpoint_with(tmp_path, None)
+    checkpoint.set_model(model)
+    checkpoint.within_epoch = WithinEpoch(51, 60.0)
+    checkpoint.batches_done = 7
+    kernel, bias = model.get_weights()
+    model.set_weights([kernel, bias + np.nan])  # the last batch's update overflowed; its logged loss was finite
+    assert checkpoint.save_partial() is False and "partial" not in checkpoint.state
+    model.set_weights([kernel, bias])
+    assert checkpoint.save_partial() is True and checkpoint.state["partial"]["batches"] == 7
+
+
 @pytest.mark.parametrize(("state", "fits"), [
     ({"epoch": 0}, [(0, 5)]),
     ({"epoch": 2}, [(2, 5)]),

@@ -145,9 +145,13 @@ class RunCheckpoint(keras.callbacks.Callback):
 
         Returns:
             Whether anything was saved (not before the epoch's first batch, nor after its last, when the
-            epoch's own save is near; not without `within_epoch`).
+            epoch's own save is near; not without `within_epoch`; not when a weight is not finite: the
+            batch's logged loss comes before its update, so the check on it has not seen them yet, and
+            every resume would start from them).
         """
         if not self.within_epoch or not self.first_batch < self.batches_done < self.within_epoch.batches:
+            return False
+        if not all(np.isfinite(weights).all() for weights in self.model.get_weights()):
             return False
         name = Run.checkpoint_name("step", self.epoch + 1, self.batches_done)
         files.write_with(self.run.checkpoint(name), self.model.save)
