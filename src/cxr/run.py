@@ -289,7 +289,10 @@ class Run:
         """history.csv as a DataFrame, or None before the first epoch."""
         import pandas as pd
 
-        return pd.read_csv(self.history_path) if self.history_path.is_file() else None
+        try:
+            return pd.read_csv(self.history_path) if self.history_path.is_file() else None
+        except pd.errors.EmptyDataError:  # written empty by a save inside epoch 1 (cxr before 2026-12-04)
+            return None
 
     def write_history(self, rows: list[dict[str, Any]]) -> Path:
         import pandas as pd

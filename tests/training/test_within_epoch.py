@@ -136,3 +136,13 @@ def test_checkpoint_every_must_be_minutes(value):
 
     with pytest.raises(ConfigError, match=f"checkpoint_every must be a number of minutes, 0 or more, got {value!r}"):
         resolve(recipe="reference", data="x", checkpoint_every=value)
+
+
+def test_a_save_before_epoch_1_ends_writes_the_state_and_no_empty_history(tmp_path):
+    checkpoint = checkpoint_with(tmp_path, None)
+    checkpoint.commit("interrupted")
+    run = Run(tmp_path)
+    assert run.state()["status"] == "interrupted" and not run.history_path.exists()
+    assert not run.is_trained()  # so a resume starts it, rather than calling it an older version's run
+    run.history_path.write_text("\n")  # as cxr wrote it before
+    assert run.history() is None
