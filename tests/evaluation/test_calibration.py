@@ -28,6 +28,13 @@ def test_expected_calibration_error_by_hand():
     assert table["count"].sum() == 4 and table.loc[table["count"] > 0, "accuracy"].tolist() == [1.0, 0.5]
 
 
+def test_probabilities_that_are_not_finite_are_an_error_not_a_quieter_figure():
+    probabilities = np.array([[0.9, 0.1], [np.nan, np.nan], [0.4, 0.6]])
+    for compute in (calibration.expected_calibration_error, calibration.fit_temperature):
+        with pytest.raises(ValueError, match="1 of 3 rows of probabilities are not finite"):
+            compute(np.array([0, 1, 1]), probabilities)
+
+
 def test_temperature_one_is_identity_and_a_large_one_flattens():
     probabilities = np.array([[0.7, 0.2, 0.1], [0.05, 0.9, 0.05]])
     np.testing.assert_allclose(apply_temperature(probabilities, 1.0), probabilities, atol=1e-12)

@@ -254,3 +254,10 @@ def test_check_classes_refuses_operating_points_of_another_model():
         check_classes(points, ["COVID", "Viral Pneumonia", "Normal"])
     with pytest.raises(UserError, match="classes unknown"):
         check_classes({"classes": {}}, CLASSES)
+
+
+def test_probabilities_that_are_not_finite_are_refused():
+    truth = np.array([0, 0, 1, 1])
+    probabilities = np.array([[np.nan, np.nan], [0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])  # NaN would sort first
+    with pytest.raises(ValueError, match="not finite"):
+        choose_thresholds(truth, probabilities, ["A", "B"], {"A": 1.0})

@@ -28,8 +28,16 @@ def negative_log_likelihood(truth: np.ndarray, probabilities: np.ndarray) -> flo
     return float(-np.mean(np.log(np.clip(probabilities[np.arange(len(truth)), truth], _TINY, 1.0))))
 
 
+def _require_finite(probabilities: np.ndarray) -> None:
+    """A NaN lands in no bin and in no likelihood honestly: it would change the figures without a word."""
+    if not np.isfinite(probabilities).all():
+        raise ValueError(f"{int((~np.isfinite(probabilities)).any(axis=1).sum())} of {len(probabilities)} rows of "
+                         "probabilities are not finite")
+
+
 def fit_temperature(truth: np.ndarray, probabilities: np.ndarray) -> float:
     """The temperature in [0.05, 20] that minimises the negative log-likelihood of `truth`."""
+    _require_finite(probabilities)
     result = minimize_scalar(lambda log_t: negative_log_likelihood(truth, apply_temperature(probabilities,
                                                                                              np.exp(log_t))),
                              bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-6})
@@ -38,6 +46,7 @@ def fit_temperature(truth: np.ndarray, probabilities: np.ndarray) -> float:
 
 def reliability_bins(truth: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> pd.DataFrame:
     """Cases binned by confidence (the top probability): count, mean confidence and accuracy per bin."""
+    _require_finite(probabilities)
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == truth
     edges = np.linspace(0, 1, bins + 1)

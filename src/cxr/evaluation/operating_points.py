@@ -241,6 +241,8 @@ def _check_arrays(truth: np.ndarray, probabilities: np.ndarray, classes: list[st
     if probabilities.ndim != 2 or probabilities.shape != (len(truth), len(classes)):
         raise ValueError(f"probabilities of shape {probabilities.shape} for {len(truth)} labels and "
                          f"{len(classes)} classes")
+    if not np.isfinite(probabilities).all():  # NaN sorts first and would pass every threshold
+        raise ValueError("probabilities hold values that are not finite")
     return truth, probabilities
 
 
