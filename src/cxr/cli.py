@@ -302,7 +302,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_split(args: argparse.Namespace) -> int:
     from cxr.config import resolve
-    from cxr.data.prepare import prepare_split, summary_table
+    from cxr.data.prepare import empty_cells, prepare_split, summary_table
     from cxr.data.split import write_split
 
     config = resolve(**_settings(args, DATA_SETTINGS))
@@ -312,6 +312,8 @@ def run_split(args: argparse.Namespace) -> int:
     split = prepare_split(config)
     write_split(split, out)
     print(summary_table(split).to_string())
+    for note in empty_cells(split):
+        print(note)
     print(f"skipped {len(split.skipped)} file(s); {len(split.duplicates)} image(s) in duplicate groups; "
           f"written to {out}")
     return 0

@@ -55,6 +55,7 @@ def test_bad_files_are_skipped_with_reasons_and_the_scan_goes_on(tmp_path):
     good = (folder / "COVID-0.png").read_bytes()
     (folder / "truncated.png").write_bytes(good[: len(good) // 2])
     (folder / ".DS_Store").write_bytes(b"\x00\x01")  # hidden: ignored entirely
+    (folder / "moved.png").symlink_to(tmp_path / "elsewhere" / "moved.png")  # a link whose target is gone
     write_png(tmp_path / "COVID" / "masks" / "COVID-0.png")  # masks are not images of the class
 
     scan = scan_dataset(tmp_path, progress=False)
@@ -65,6 +66,7 @@ def test_bad_files_are_skipped_with_reasons_and_the_scan_goes_on(tmp_path):
         "COVID/images/notes.txt": "not an image (unrecognised content)",
         "COVID/images/text.png": "not an image (unrecognised content)",
         "COVID/images/truncated.png": "PNG cannot be decoded (truncated or corrupt)",
+        "COVID/images/moved.png": "unreadable (No such file or directory)",
     }
     assert set(scan.skipped["label"]) == {"COVID"}
 

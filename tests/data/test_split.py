@@ -94,3 +94,34 @@ def test_split_round_trips_through_its_folder(tmp_path, sample_scan):
                                   .reset_index(drop=True))
     header = (tmp_path / "split" / "train.csv").read_text().splitlines()[0]
     assert header == "file,label,group"
+
+
+def test_class_names_that_pandas_takes_for_missing_values_survive_the_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("None", "NA"):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i in range(10):
+            cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    split = make_split(scan_dataset(tmp_path / "data", progress=False), seed=0)
+    write_split(split, tmp_path / "split")
+    back = read_split(tmp_path / "split")
+    assert back.classes == ["NA", "None"]
+    for name in SPLITS:
+        assert back.frames[name]["label"].tolist() == split.frames[name]["label"].tolist()
+    assert set(back.hashes["md5"]) == set(split.hashes["md5"])
+
+
+def test_a_class_too_small_to_reach_val_and_test_is_named(tmp_path, capsys):
+    from cxr.cli import main
+
+    rng = np.random.default_rng(1)
+    for name, count in (("Big", 20), ("Rare", 3)):
+        folder = tmp_path / "data" / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (32, 32), dtype=np.uint8))
+    assert main(["split", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "split")]) == 0
+    out = capsys.readouterr().out
+    assert "note: class Rare has 3 image(s), none in val or test: its test metrics are undefined" in out
+    assert "note: class Big" not in out

@@ -12,7 +12,7 @@ from cxr.data.scan import scan_dataset
 from cxr.data.split import Split, make_split, read_split
 from cxr.errors import DatasetError
 
-__all__ = ["prepare_split", "summary_table"]
+__all__ = ["empty_cells", "prepare_split", "summary_table"]
 
 
 def prepare_split(config: Config, progress: bool = True, echo=print) -> Split:
@@ -45,3 +45,18 @@ def summary_table(split: Split) -> pd.DataFrame:
     table = pd.DataFrame(counts).reindex(split.classes).fillna(0).astype(int)
     table["total"] = table.sum(axis=1)
     return table
+
+
+def empty_cells(split: Split) -> list[str]:
+    """Notes for the classes that have no image in val or test: with 10 % each, a class of 4 images or fewer
+    goes to train whole, and its test metrics are then undefined (said, not silently missing).
+    """
+    table = summary_table(split)
+    notes = []
+    for label, row in table.iterrows():
+        missing = [name for name in ("val", "test") if name in row and row[name] == 0]
+        if missing and row["total"] > 0:
+            notes.append(f"note: class {label} has {row['total']} image(s), none in {' or '.join(missing)}: "
+                         + ("its test metrics are undefined" if "test" in missing else "it is not validated")
+                         + " (more images of it, or a split of your own with --split)")
+    return notes

@@ -45,7 +45,9 @@ def _class_files(folder: Path) -> tuple[str, list[Path]]:
     """The layout of one class folder and its candidate files (hidden files are ignored)."""
     images = folder / "images"
     layout, source = ("kaggle", images) if images.is_dir() else ("plain", folder)
-    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+    # A broken link is a candidate too: it is then reported in skipped.csv as unreadable, not lost silently.
+    files = sorted(p for p in source.iterdir()
+                   if (p.is_file() or (p.is_symlink() and not p.exists())) and not p.name.startswith("."))
     return layout, files
 
 

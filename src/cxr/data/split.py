@@ -176,8 +176,15 @@ def write_split(split: Split, folder: str | os.PathLike) -> Path:
     return folder
 
 
+def _read_csv(path: Path, **options) -> pd.DataFrame:
+    """A CSV this module wrote, with every value as written: a class folder may be called "None" or "NA",
+    which pandas would otherwise read as missing.
+    """
+    return pd.read_csv(path, keep_default_na=False, na_values=[], **options)
+
+
 def _read_optional(path: Path, columns: list[str]) -> pd.DataFrame:
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
+    return _read_csv(path, dtype={"file": str, "label": str}) if path.is_file() else pd.DataFrame(columns=columns)
 
 
 def read_split(folder: str | os.PathLike) -> Split:
@@ -188,7 +195,7 @@ def read_split(folder: str | os.PathLike) -> Split:
         path = folder / f"{name}.csv"
         if not path.is_file():
             raise DatasetError(f"split file missing: {path}")
-        frame = pd.read_csv(path, dtype={"file": str, "label": str})
+        frame = _read_csv(path, dtype={"file": str, "label": str})
         missing = {"file", "label"} - set(frame.columns)
         if missing:
             raise DatasetError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
@@ -203,6 +210,6 @@ def read_split(folder: str | os.PathLike) -> Split:
         skipped=_read_optional(folder / "skipped.csv", SKIPPED_COLUMNS),
         root=(dataset or {}).get("root"),
         classes=(dataset or {}).get("classes"),
-        hashes=(pd.read_csv(folder / "hashes.csv", dtype=str)[HASH_COLUMNS]
+        hashes=(_read_csv(folder / "hashes.csv", dtype=str)[HASH_COLUMNS]
                 if (folder / "hashes.csv").is_file() else None),
     )

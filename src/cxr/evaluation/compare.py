@@ -127,8 +127,9 @@ def paired_lines(a: EvalDir, b: EvalDir, resamples: int, seed: int) -> list[str]
     missing = [str(path) for path in map(_predictions_file, (a, b)) if not path.is_file()]
     if missing:
         return [f"no paired comparison of {name_a} and {name_b}: {', '.join(missing)} missing"]
-    joined, reason = align(*(pd.read_csv(_predictions_file(e), dtype={"file": str, "true_label": str,
-                                                                     "predicted_label": str}) for e in (a, b)),
+    joined, reason = align(*(pd.read_csv(_predictions_file(e), keep_default_na=False, na_values=[],
+                                         dtype={"file": str, "true_label": str, "predicted_label": str})
+                             for e in (a, b)),
                            name_a, name_b)
     if joined is None:
         return [f"no paired comparison of {name_a} and {name_b}: {reason}; compare the unpaired table above "

@@ -30,7 +30,7 @@ from cxr.backend import enable_compilation_cache, enable_determinism
 from cxr.config import Config
 from cxr.data.batches import ImageBatches, balanced_class_weights, label_indices
 from cxr.data.cache import load_split_images, resolve_cache_dir
-from cxr.data.prepare import prepare_split, summary_table
+from cxr.data.prepare import empty_cells, prepare_split, summary_table
 from cxr.data.split import SPLITS, Split
 from cxr.environment import record
 from cxr.errors import ConfigError, DatasetError, UserError
@@ -235,6 +235,8 @@ def _record_new_run(run: Run, config: Config, split: Split, echo: Callable[[str]
     run.write_split(split)
     run.write_config(config, environment=record())
     echo(summary_table(split).to_string())
+    for note in empty_cells(split):
+        echo(note)
     groups = split.duplicates["group"].nunique() if len(split.duplicates) else 0
     echo(f"duplicate groups kept within one split: {groups} ({len(split.duplicates)} images)")
 
