@@ -251,6 +251,7 @@ def _add_serve(commands) -> None:
     serve.add_argument("--operating-points", metavar="RUN_OR_FILE",
                        help="per-class thresholds to apply to each answer (default: the served run's own, when one "
                             "of its evaluations chose them for this model)")
+    add_tta_option(serve)
 
 
 def _add_download(commands) -> None:
@@ -369,6 +370,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from cxr.inference.engines import load_predictor
     from cxr.inference.points import load_operating_points
     from cxr.inference.predict import format_table, operating_points_legend, predict_files
+    from cxr.inference.temperature import fitted_tta
+    from cxr.inference.tta import mismatch_note
 
     if args.csv and Path(args.csv).exists():
         raise FileExistsError(f"{args.csv} already exists; choose a new file name")
@@ -385,9 +388,11 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"model: {predictor.path} ({predictor.engine}, {predictor.precision}{calibrated}{tta})", file=sys.stderr)
     if points:
         print(f"operating points: {points[1]}", file=sys.stderr)
-        if points[0].get("tta", "none") != args.tta:
-            print(f"note: these thresholds were chosen with --tta {points[0].get('tta', 'none')}, and this prediction "
-                  f"uses --tta {args.tta}: their sensitivity on validation may not hold", file=sys.stderr)
+    notes = [mismatch_note("these thresholds were chosen", points[0].get("tta"), args.tta) if points else None,
+             mismatch_note("this temperature was fitted", fitted_tta(predictor.metadata["temperature_file"]), args.tta)
+             if args.calibrated else None]
+    for note in filter(None, notes):
+        print(note, file=sys.stderr)
     frame = predict_files(predictor, args.paths, echo=lambda text: print(text, file=sys.stderr),
                           operating_points=points[0] if points else None)
     if frame.empty:
@@ -424,7 +429,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from cxr.serve.app import serve
 
     serve(args.model, args.host, args.port, args.engine, int(args.max_upload_mb * 1024 * 1024), args.max_batch,
-          args.batch_window_ms, args.operating_points)
+          args.batch_window_ms, args.operating_points, args.tta)
     return 0
 
 

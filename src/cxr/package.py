@@ -20,6 +20,7 @@ from typing import Any
 from cxr import files
 from cxr.errors import UserError
 from cxr.evaluation.model_card import CARD_FILE, build_model_card
+from cxr.inference.temperature import fitted_tta
 from cxr.model_metadata import (
     describe,
     onnx_description,
@@ -70,6 +71,7 @@ def package_run(run_dir: str | os.PathLike, out: str | os.PathLike,
                               recipe=config.recipe, backend=(run.environment() or {}).get("backend")),
                    **read_description(run.model_path),
                    "temperature": temperature[0] if temperature else None,
+                   "temperature_tta": fitted_tta(temperature[1]) if temperature else None,
                    "operating_points": points[0] if points else None, "evaluation": evaluation.name}
     description = {key: value for key, value in description.items() if value is not None}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,13 @@ def test_auto_engine_uses_a_current_export_and_falls_back_to_keras_for_a_stale_o
     notes = []
     assert load_predictor(exported, echo=notes.append).engine == "keras"
     assert "was exported from an earlier model.keras" in notes[0]
+    # Asked for by engine, it is served, and the server says so (its temperature and Grad-CAM are the new model's).
+    from fastapi.testclient import TestClient
+
+    from cxr.serve.app import create_app
+
+    info = TestClient(create_app(exported, engine="onnx", load_in_background=False)).get("/v1/model").json()
+    assert info["engine"] == "onnx" and "was exported from an earlier model.keras" in info["notes"][0]
 
 
 def test_a_mismatching_export_is_refused_and_nothing_is_written(run_copy, monkeypatch):

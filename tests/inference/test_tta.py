@@ -52,3 +52,29 @@ def test_predict_and_evaluate_with_flip(tiny_run, phantoms, tmp_path, capsys):
     assert (first["file"] == second["file"]).all()
     assert not np.allclose(first.filter(like="p_").to_numpy(), second.filter(like="p_").to_numpy())
     assert "test-time flip" in capsys.readouterr().out
+
+    # The temperature and thresholds of that evaluation were fitted on flip-averaged probabilities: applying
+    # them to plain ones is said, by predict and by the server, and --tta flip makes them agree.
+    assert json.loads((run / "eval-2" / "calibration.json").read_text())["tta"] == "flip"
+    image = str(sorted(folder.iterdir())[0])
+    assert main(["predict", str(run), image, "--calibrated"]) == 0
+    assert ("note: this temperature was fitted with --tta flip, and these predictions use --tta none: what it "
+            "reached on validation may not hold (use --tta flip)" in capsys.readouterr().err)
+    assert main(["predict", str(run), image, "--calibrated", "--tta", "flip"]) == 0
+    assert main(["predict", str(run), image, "--operating-points", str(run), "--tta", "flip"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    from fastapi.testclient import TestClient
+
+    from cxr.serve.app import create_app
+
+    plain_server = TestClient(create_app(run, engine="keras", load_in_background=False)).get("/v1/model").json()
+    assert [note.split(",")[0] for note in plain_server["notes"]] == [
+        "note: this temperature was fitted with --tta flip", "note: these thresholds were chosen with --tta flip"]
+    flip_server = TestClient(create_app(run, engine="keras", load_in_background=False, tta="flip"))
+    assert flip_server.get("/v1/model").json()["notes"] == [] and flip_server.app.state.served.tta == "flip"
+    answer = flip_server.post("/v1/predict", files={"file": ("x.png", open(image, "rb").read())},
+                              params={"explain": "true"}).json()
+    picture = np.asarray(__import__("cv2").imread(image, 0))
+    expected = flipped.predict(resize_square(picture, plain.image_size)[None, ..., None])[0]
+    np.testing.assert_allclose(list(answer["probabilities"].values()), expected, rtol=1e-5, atol=1e-6)
+    assert answer["explained_class"] == answer["predicted"]

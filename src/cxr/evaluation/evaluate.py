@@ -183,8 +183,8 @@ def compute_metrics(predictions: dict[str, Predictions], classes: list[str], *, 
                                                                seed)}
     if "val" in predictions:
         val = predictions["val"]
-        metrics["calibration"] = calibration.calibration_record(
-            (val.truth, val.probabilities), (test.truth, test.probabilities), model_sha256)
+        metrics["calibration"] = {**calibration.calibration_record(
+            (val.truth, val.probabilities), (test.truth, test.probabilities), model_sha256), "tta": tta}
         if targets:
             chosen = {**operating_points.choose_thresholds(val.truth, val.probabilities, classes, targets),
                       "model_sha256": model_sha256, "tta": tta}

@@ -17,7 +17,7 @@ from cxr.errors import UserError
 from cxr.model_metadata import read_description
 from cxr.run import Run
 
-__all__ = ["apply_temperature", "find_temperature", "require_temperature"]
+__all__ = ["apply_temperature", "find_temperature", "fitted_tta", "require_temperature"]
 
 _TINY = 1e-12
 
@@ -42,6 +42,18 @@ def find_temperature(model_path: str | os.PathLike) -> tuple[float, Path] | None
         return run.temperature(model_path)
     temperature = read_description(model_path).get("temperature")
     return (float(temperature), Path(model_path)) if temperature is not None else None
+
+
+def fitted_tta(source: str | os.PathLike) -> str:
+    """The test-time augmentation of the evaluation that fitted a temperature: from its calibration.json, or
+    from the description of a model file that carries it; "none" for records older than the field.
+    """
+    import json
+
+    source = Path(source)
+    if source.suffix == ".json":
+        return json.loads(source.read_text(encoding="utf-8")).get("tta") or "none"
+    return read_description(source).get("temperature_tta") or "none"
 
 
 def require_temperature(model_path: str | os.PathLike) -> tuple[float, Path]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from cxr.errors import UserError
 
-__all__ = ["TTA_MODES", "check_tta", "with_tta"]
+__all__ = ["TTA_MODES", "check_tta", "mismatch_note", "with_tta"]
 
 TTA_MODES = ("none", "flip")
 
@@ -51,3 +51,22 @@ def with_tta(predict: Callable[[np.ndarray], np.ndarray], mode: str | None) -> C
         return ((plain.astype(np.float64) + mirrored) / 2).astype(plain.dtype)  # the model's own dtype
 
     return flipped
+
+
+def mismatch_note(what: str, fitted: str | None, used: str | None) -> str | None:
+    """A note when a temperature or thresholds fitted on probabilities with one test-time augmentation are
+    applied to probabilities made with another: averaged probabilities are less extreme, so neither holds.
+
+    Args:
+        what: what was fitted, with its verb: "these thresholds were chosen", "this temperature was fitted".
+        fitted: the mode of the evaluation that fitted them ("none" for records older than the field).
+        used: the mode of this prediction.
+
+    Returns:
+        The note, or None when the modes agree.
+    """
+    fitted, used = check_tta(fitted), check_tta(used)
+    if fitted == used:
+        return None
+    return (f"note: {what} with --tta {fitted}, and these predictions use --tta {used}: what it reached on "
+            f"validation may not hold (use --tta {fitted})")

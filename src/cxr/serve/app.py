@@ -27,6 +27,7 @@ from cxr import files
 from cxr.data.images import decode_gray, image_format, resize_square
 from cxr.errors import ImageError
 from cxr.evaluation.metrics import HEADLINE
+from cxr.inference.tta import check_tta
 from cxr.run import Run
 from cxr.serve.batcher import MicroBatcher
 
@@ -40,8 +41,10 @@ class ServedModel:
     """The model behind the API, loaded in the background so that /healthz answers at once."""
 
     def __init__(self, model: str | os.PathLike, engine: str = "auto", max_batch: int | None = None,
-                 window_ms: float = 5.0, echo=print, operating_points: str | os.PathLike | None = None):
-        self.max_batch, self.window_ms, self.echo = max_batch, window_ms, echo
+                 window_ms: float = 5.0, echo=print, operating_points: str | os.PathLike | None = None,
+                 tta: str = "none"):
+        self.max_batch, self.window_ms, self.echo, self.tta = max_batch, window_ms, echo, tta
+        self.notes: list[str] = []  # what a user of these answers should know: a stale export, a TTA mismatch
         self.operating_points_source = operating_points  # None: the run's own, when an evaluation chose them
         self.operating_points: dict | None = None
         self.operating_points_file: Path | None = None
@@ -64,10 +67,11 @@ class ServedModel:
         model, Grad-CAM) before /readyz says ready.
         """
         from cxr.inference.engines import load_predictor
-        from cxr.inference.temperature import find_temperature
+        from cxr.inference.temperature import find_temperature, fitted_tta
+        from cxr.inference.tta import mismatch_note
 
         try:
-            self.predictor = load_predictor(self.model_path, self.engine, echo=lambda _: None)
+            self.predictor = load_predictor(self.model_path, self.engine, echo=self.notes.append, tta=self.tta)
             self.model_id = files.sha256(self.predictor.path)[:12]  # hashed once, not per request
             size = self.predictor.image_size
             blank = np.zeros((1, size, size, 1), np.uint8)
@@ -80,6 +84,11 @@ class ServedModel:
             if found:
                 self.temperature, self.temperature_file = found
             self._load_operating_points()
+            self.notes += filter(None, [
+                mismatch_note("this temperature was fitted", fitted_tta(self.temperature_file), self.tta)
+                if self.temperature_file else None,
+                mismatch_note("these thresholds were chosen", self.operating_points.get("tta"), self.tta)
+                if self.operating_points else None])
             self.explain_note = self._explain_unavailable()
             if self.explain_note is None:
                 try:  # compiles Grad-CAM now, so that the first explain=true request is as fast as the rest
@@ -113,7 +122,9 @@ class ServedModel:
         explain = "Grad-CAM on" if self.explain_note is None else f"Grad-CAM off ({self.explain_note})"
         points = (f"operating points from {self.operating_points_file}" if self.operating_points_file
                   else "no operating points")
-        return f"cxr serve: {self.predictor.path} on {self.predictor.engine}; {temperature}; {points}; {explain}"
+        tta = "; test-time flip" if self.tta == "flip" else ""
+        return "\n".join([f"cxr serve: {self.predictor.path} on {self.predictor.engine}{tta}; {temperature}; {points}; "
+                          f"{explain}", *self.notes])
 
     def _explain_unavailable(self) -> str | None:
         keras_path = Run.keras_of(self.model_path)
@@ -135,17 +146,20 @@ class ServedModel:
                 self._keras_model = load_model(Run.keras_of(self.model_path))
             return self._keras_model
 
-    def explain(self, batch: np.ndarray) -> np.ndarray:
-        """The Grad-CAM heat map of one (1, size, size, 1) image for its predicted class."""
+    def explain(self, batch: np.ndarray, class_index: int | None = None) -> np.ndarray:
+        """The Grad-CAM heat map of one (1, size, size, 1) image for `class_index` (default: the Keras model's
+        predicted class; the server passes the class it answers with, which ONNX or INT8 may differ on).
+        """
         from cxr.inference.explain import gradcam
 
-        heat, _ = gradcam(self.keras_model(), batch)
+        heat, _ = gradcam(self.keras_model(), batch, class_index)
         return heat[0]
 
     def info(self) -> dict[str, Any]:
         predictor = self.predictor
         info = {"model": str(self.model_path), "model_file": str(predictor.path), "model_id": self.model_id,
-                "engine": predictor.engine, "classes": predictor.classes, "input_size": predictor.image_size,
+                "engine": predictor.engine, "tta": self.tta, "notes": self.notes, "classes": predictor.classes,
+                "input_size": predictor.image_size,
                 "precision": predictor.precision, "temperature": self.temperature,
                 "temperature_file": str(self.temperature_file) if self.temperature_file else None,
                 "operating_points": self.operating_points,
@@ -218,7 +232,8 @@ def check_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, str]:
 
 def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes: int = MAX_UPLOAD_BYTES,
                max_pixels: int = MAX_PIXELS, load_in_background: bool = True, max_batch: int | None = None,
-               window_ms: float = 5.0, echo=None, operating_points: str | os.PathLike | None = None) -> FastAPI:
+               window_ms: float = 5.0, echo=None, operating_points: str | os.PathLike | None = None,
+               tta: str = "none") -> FastAPI:
     """The FastAPI application serving a model.
 
     Args:
@@ -233,12 +248,13 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
         echo: prints what is served once it has loaded (default: standard error, beside uvicorn's log).
         operating_points: a run folder or operating_points.json whose per-class thresholds each answer
             applies (default: the served run's own, when one of its evaluations chose them for this model).
+        tta: "flip" averages each image's probabilities with its mirror image's (as `cxr predict --tta flip`).
 
     Returns:
         The application (run it with uvicorn, or `serve`).
     """
     echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
-    served = ServedModel(model, engine, max_batch, window_ms, echo, operating_points)
+    served = ServedModel(model, engine, max_batch, window_ms, echo, operating_points, check_tta(tta))
     app = FastAPI(title="cxr", description="Chest X-ray classification. Research use only, not a medical device.")
     app.state.served = served
     app.add_exception_handler(Exception, _unexpected)
@@ -329,20 +345,21 @@ def _answer(served: ServedModel, gray: np.ndarray, explain: bool) -> dict[str, A
     if explain:
         from cxr.inference.explain import overlay
 
-        ok, png = cv2.imencode(".png", overlay(gray, served.explain(batch)))
+        ok, png = cv2.imencode(".png", overlay(gray, served.explain(batch, int(probabilities.argmax()))))
         result["gradcam_png_base64"] = base64.b64encode(png.tobytes()).decode("ascii")
+        result["explained_class"] = result["predicted"]
     result["latency_ms"] = (time.perf_counter() - started) * 1000
     return result
 
 
 def serve(model: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
           max_upload_bytes: int = MAX_UPLOAD_BYTES, max_batch: int | None = None, window_ms: float = 5.0,
-          operating_points: str | os.PathLike | None = None) -> None:
+          operating_points: str | os.PathLike | None = None, tta: str = "none") -> None:
     """Serve `model` with uvicorn until stopped (see create_app); warn when reachable from elsewhere."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host}, reachable from other machines; there is no authentication")
     uvicorn.run(create_app(model, engine, max_upload_bytes, max_batch=max_batch, window_ms=window_ms,
-                           operating_points=operating_points), host=host, port=port, log_level="info")
+                           operating_points=operating_points, tta=tta), host=host, port=port, log_level="info")
 
