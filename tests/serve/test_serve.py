@@ -90,6 +90,36 @@ def test_bad_uploads_get_a_json_error_and_the_server_stays_up(client, name, data
     assert client.get("/healthz").status_code == 200
 
 
+def test_an_oversized_body_is_refused_before_it_is_read(client):
+    import asyncio
+
+    def call(headers: list[tuple[bytes, bytes]], chunks: int) -> tuple[int, int, bytes]:
+        """Send `chunks` chunks of 1 MB to the app; return the status, the chunks it read and the body."""
+        read, sent = [0], []
+
+        head = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+
+        async def receive():  # a well-formed form whose file never ends
+            read[0] += 1
+            return {"type": "http.request", "body": (head if read[0] == 1 else b"") + b"\0" * 1_000_000,
+                    "more_body": read[0] < chunks}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/predict", "raw_path": b"/v1/predict", "query_string": b"",
+                 "root_path": "", "headers": [(b"content-type", b"multipart/form-data; boundary=x"), *headers],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+        asyncio.run(client.app(scope, receive, send))
+        return sent[0]["status"], read[0], b"".join(m.get("body", b"") for m in sent[1:])
+
+    status, read, body = call([(b"content-length", b"300000000")], chunks=300)  # declared: refused unread
+    assert (status, read) == (413, 0) and b"over the limit of 2,000,000 bytes" in body
+    status, read, body = call([(b"transfer-encoding", b"chunked")], chunks=300)  # streamed: stops at the limit
+    assert status == 413 and read == 3 and b"over the limit of 2,000,000 bytes" in body
+
+
 @pytest.mark.parametrize("image", [
     np.linspace(0, 65535, 40 * 40).reshape(40, 40).astype(np.uint16),  # 16-bit PNG
     np.dstack([np.full((40, 40, 3), 90, np.uint8), np.full((40, 40), 255, np.uint8)]),  # RGBA

@@ -34,6 +34,7 @@ from cxr.serve.batcher import MicroBatcher
 __all__ = ["ServedModel", "check_upload", "create_app", "default_max_batch", "serve"]
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MULTIPART_OVERHEAD = 64 * 1024  # the form's boundaries and headers around the file, allowed on top of the limit
 MAX_PIXELS = 60_000_000  # about 7,700 x 7,700: any radiograph; a decompression bomb is far larger
 
 
@@ -239,7 +240,8 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
     Args:
         model: a run folder, a .keras or a .onnx file.
         engine: auto, keras or onnx (see cxr.inference.engines.load_predictor).
-        max_upload_bytes: the largest upload; a larger one is refused before it is read whole.
+        max_upload_bytes: the largest upload; a larger one is refused before it is read whole (a request
+            body over it and MULTIPART_OVERHEAD by BodyLimit, before the form is parsed).
         max_pixels: the largest image; a larger one is refused from its header, before decoding.
         load_in_background: answer /healthz at once and load the model in a thread (False: load first).
         max_batch: > 1 micro-batches concurrent requests (see MicroBatcher); 1 runs each request's image
@@ -258,6 +260,7 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
     app = FastAPI(title="cxr", description="Chest X-ray classification. Research use only, not a medical device.")
     app.state.served = served
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(BodyLimit, limit=max_upload_bytes + MULTIPART_OVERHEAD, upload_limit=max_upload_bytes)
     if load_in_background:
         threading.Thread(target=served.load, daemon=True).start()
     else:
@@ -265,6 +268,54 @@ def create_app(model: str | os.PathLike, engine: str = "auto", max_upload_bytes:
     _add_status_routes(app, served)
     _add_predict_route(app, served, max_upload_bytes, max_pixels)
     return app
+
+
+class BodyLimit:
+    """Refuse a request whose body is over `limit` bytes before it is read whole: at once by its
+    Content-Length, or as soon as a streamed (chunked) body passes the limit; the upload's own size is
+    checked exactly once it is read. Without it Starlette receives and spools the whole multipart body
+    first. (FastAPI's own `max_body_size` answers in plain text; every error of this API is JSON.)
+    """
+
+    def __init__(self, app, limit: int, upload_limit: int):
+        self.app, self.limit, self.upload_limit = app, limit, upload_limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = JSONResponse({"detail": f"upload is over the limit of {self.upload_limit:,} bytes"}, 413)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await refusal(scope, receive, send)
+            return
+        received, over, answered = 0, False, False
+
+        async def limited():
+            nonlocal received, over
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                over = received > self.limit
+                if over:  # the form parser fails on it; its error response is replaced by the refusal
+                    raise HTTPException(413)
+            return message
+
+        async def replacing(message) -> None:
+            nonlocal answered
+            if not over:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                answered = True
+                await refusal(scope, receive, send)
+
+        try:
+            await self.app(scope, limited, replacing)
+        except Exception:
+            if not over:
+                raise
+            if not answered:
+                await refusal(scope, receive, send)
 
 
 def _unexpected(request: Request, error: Exception) -> JSONResponse:
