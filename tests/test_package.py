@@ -44,6 +44,12 @@ def test_the_package_holds_the_model_card_report_metrics_and_training_record(pac
     latest = Run(tiny_run).evaluation_of()[0]
     assert (packaged / "README.md").read_text() == (latest.path / "MODEL_CARD.md").read_text()
     assert json.loads((packaged / "metrics.json").read_text()) == latest.read_metrics()
+    # Every file in `sha256sum -c` form; the records' model digest is the run's, which the model names.
+    listed = dict(reversed(line.split("  ", 1)) for line in (packaged / "SHA256SUMS").read_text().splitlines())
+    assert sorted(listed) == [name for name in found if name != "SHA256SUMS"]
+    assert all(files.sha256(packaged / name) == digest for name, digest in listed.items())
+    assert (read_description(packaged / "model.keras")["source_model_sha256"]
+            == latest.read_metrics()["calibration"]["model_sha256"] == files.sha256(tiny_run / "model.keras"))
 
 
 def test_the_packaged_model_carries_the_runs_temperature_and_operating_points(packaged, tiny_run):

@@ -36,6 +36,7 @@ __all__ = ["EVALUATION_FILES", "package_run"]
 EVALUATION_FILES = ("report.html", "metrics.json", "calibration.json", "operating_points.json",
                     "operating_points.csv", "classification_report.txt", "confusion_matrix.png", "confusion_matrix.csv",
                     "metrics_per_class.csv", "metrics_per_source.csv")
+CHECKSUMS_FILE = "SHA256SUMS"
 TRAINING_FILES = ("config.yaml", "history.csv", "split/dataset.yaml", "split/duplicates.csv", "split/skipped.csv")
 
 
@@ -67,17 +68,20 @@ def package_run(run_dir: str | os.PathLike, out: str | os.PathLike,
     temperature = run.temperature(run.model_path)
     points = run.operating_points(run.model_path)
     config = run.config()
+    source_digest = files.sha256(run.model_path)  # the model.keras the evaluation's records name by SHA-256
     description = {**describe(config.classes, config.image_size, run=run.path.name, trained=run.training_summary(),
                               recipe=config.recipe, backend=(run.environment() or {}).get("backend")),
                    **read_description(run.model_path),
                    "temperature": temperature[0] if temperature else None,
                    "temperature_tta": fitted_tta(temperature[1]) if temperature else None,
-                   "operating_points": points[0] if points else None, "evaluation": evaluation.name}
+                   "operating_points": points[0] if points else None, "evaluation": evaluation.name,
+                   "source_model_sha256": source_digest}
     description = {key: value for key, value in description.items() if value is not None}
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         written = _gather(run, evaluation, description, staging, echo)
+        written.append(_write_checksums(staging, written))
         os.chmod(staging, files.DIR_MODE)
         os.replace(staging, out)  # the folder appears whole, or not at all
     finally:
@@ -103,7 +107,7 @@ def _gather(run: Run, evaluation: EvalDir, description: dict, folder: Path, echo
     written.append(MODEL_FILE)
     exports = [path for path in (run.model_path.with_suffix(".onnx"), Run.int8_of(run.model_path)) if path.is_file()]
     if exports:  # each hashed once: model.keras files are 50-150 MB
-        digests = files.sha256(run.model_path), files.sha256(folder / MODEL_FILE)
+        digests = description["source_model_sha256"], files.sha256(folder / MODEL_FILE)
         for onnx_file in exports:
             written += _onnx_copy(run, onnx_file, folder, description, digests, echo)
     # The card from the evaluation's own figures (an evaluation from before cards existed has none yet).
@@ -118,6 +122,16 @@ def _gather(run: Run, evaluation: EvalDir, description: dict, folder: Path, echo
     for name in TRAINING_FILES:
         copy(run.path / name, f"training/{name}")
     return written
+
+
+def _write_checksums(folder: Path, names: list[str]) -> str:
+    """SHA256SUMS: every packaged file's SHA-256, in the format `sha256sum -c SHA256SUMS` checks, so that a
+    recipient can tell the files arrived as written. (The evaluation's records name the run's own
+    model.keras, which kept the optimizer; the packaged one records that digest as source_model_sha256.)
+    """
+    lines = [f"{files.sha256(folder / name)}  {name}\n" for name in sorted(names)]
+    files.write_text(folder / CHECKSUMS_FILE, "".join(lines))
+    return CHECKSUMS_FILE
 
 
 def _model_without_optimizer(source: Path, out: Path) -> None:
