@@ -34,3 +34,26 @@ def test_written_files_get_the_usual_permissions_not_the_temporary_files_private
     os.umask(umask)
     path = files.write_text(tmp_path / "a.txt", "x")
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # e.g. rw-r--r--, as `open` would give
+
+
+def test_a_new_file_never_replaces_one_that_appeared_while_it_was_written(tmp_path, monkeypatch):
+    target = tmp_path / "predictions.csv"
+    with pytest.raises(FileExistsError, match="appeared while this was written"):
+        with files.atomic_path(target, new=True) as tmp:
+            tmp.write_text("ours")
+            target.write_text("someone else's")  # made between the caller's check and the rename
+    assert target.read_text() == "someone else's" and list(tmp_path.iterdir()) == [target]
+    with files.atomic_path(tmp_path / "fresh.csv", new=True) as tmp:
+        tmp.write_text("ours")
+    assert (tmp_path / "fresh.csv").read_text() == "ours" and len(list(tmp_path.iterdir())) == 2
+
+    def no_links(*args):  # a file system without hard links
+        raise PermissionError("operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with pytest.raises(FileExistsError, match="already exists"):
+        with files.atomic_path(target, new=True) as tmp:
+            tmp.write_text("ours")
+    with files.atomic_path(tmp_path / "third.csv", new=True) as tmp:
+        tmp.write_text("ours")
+    assert target.read_text() == "someone else's" and (tmp_path / "third.csv").read_text() == "ours"

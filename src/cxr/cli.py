@@ -402,7 +402,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if points:
         print("\n" + "\n".join(operating_points_legend(points[0])))
     if args.csv:
-        files.write_csv(args.csv, frame)
+        files.write_csv(args.csv, frame, new=True)  # checked before predicting; a file made since is kept too
         print(f"written to {args.csv}")
     return 0 if (frame["error"] == "").any() else 1
 

@@ -28,10 +28,12 @@ DIR_MODE = 0o777 & ~_UMASK  # what os.mkdir would give a new folder (tempfile.mk
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, suffix: str | None = None, new: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    The temporary name keeps the final suffix (Keras and matplotlib choose the format by it).
+    The temporary name keeps the final suffix (Keras and matplotlib choose the format by it). With `new`,
+    a file that appeared at `path` meanwhile is never replaced: FileExistsError (a hard link publishes the
+    file only where none is; where the file system has none, the existence check comes just before).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,9 +47,24 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
+        if new:
+            _publish_new(tmp_path, path)
+        else:
+            os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _publish_new(tmp: Path, path: Path) -> None:
+    try:
+        os.link(tmp, path)  # fails if `path` exists, atomically
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists (it appeared while this was written); nothing replaced it") \
+            from None
+    except OSError:  # no hard links here (some network and FAT file systems)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; nothing replaced it") from None
+        os.replace(tmp, path)
 
 
 def remove_temporaries(folder: str | os.PathLike, echo: Callable[[str], None] = print) -> int:
@@ -83,10 +100,10 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_csv(path: str | os.PathLike, frame: pd.DataFrame, **kwargs: Any) -> Path:
-    """Atomically write a DataFrame as CSV (without its index unless asked)."""
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame, new: bool = False, **kwargs: Any) -> Path:
+    """Atomically write a DataFrame as CSV (without its index unless asked); `new`: see atomic_path."""
     kwargs.setdefault("index", False)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, new=new) as tmp:
         frame.to_csv(tmp, **kwargs)
     return Path(path)
 

@@ -136,7 +136,7 @@ def export_onnx(
     if not difference <= TOLERANCE:
         raise ExportError(f"the ONNX model's probabilities differ from Keras' by {difference:.2e} "
                           f"(more than {TOLERANCE:g}); nothing was written")
-    with files.atomic_path(out) as tmp:
+    with files.atomic_path(out, new=True) as tmp:
         tmp.write_bytes(proto.SerializeToString())
     echo(f"written {out} ({out.stat().st_size / 1e6:.1f} MB); largest difference from Keras on "
          f"{len(probe)} probe images: {difference:.1e}")

@@ -113,7 +113,7 @@ def quantize_onnx(
                           f"probability difference {record['max_abs_probability_difference']:.3f}); "
                           f"nothing was written. Use the fp32 model.onnx.")
     onnx.helper.set_model_props(proto, with_description(fp32.metadata, {**fp32.description, "quantization": record}))
-    with files.atomic_path(out) as tmp:
+    with files.atomic_path(out, new=True) as tmp:
         tmp.write_bytes(proto.SerializeToString())
     echo(f"written {out} ({out.stat().st_size / 1e6:.1f} MB, fp32 {fp32_path.stat().st_size / 1e6:.1f} MB); "
          f"same top-1 class as fp32 on {agreement:.1%} of {len(check)} images")
