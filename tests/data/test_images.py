@@ -50,6 +50,23 @@ def test_jpeg_decodes_close_to_original(gray):
     assert np.abs(out.astype(int) - smooth).mean() < 3
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_jpeg_is_decoded_upright_as_its_exif_orientation_says(gray, orientation):
+    import io
+
+    from PIL import Image, ImageOps
+
+    smooth = cv2.GaussianBlur(np.kron(gray, np.ones((4, 4), np.uint8)), (0, 0), 2)  # 160 x 120, not square
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # as a phone stores a photo taken sideways
+    Image.fromarray(smooth).save(buffer, "JPEG", quality=95, exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(buffer.getvalue()))))
+    out = decode_gray(buffer.getvalue())
+    assert out.shape == expected.shape == (smooth.shape if orientation < 5 else smooth.shape[::-1])
+    assert np.abs(out.astype(int) - expected).mean() < 1  # the same pixels, up to the two JPEG decoders
+
+
 @pytest.mark.parametrize(
     "data, reason",
     [

@@ -100,9 +100,33 @@ def decode_gray(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
     if image is None or image.size == 0:
         raise ImageError(path, f"{kind} cannot be decoded (truncated or corrupt)")
     try:
-        return to_gray8(image)
+        gray = to_gray8(image)
     except ValueError as error:
         raise ImageError(path, str(error)) from None
+    return _upright(gray, data) if kind == "JPEG" else gray
+
+
+# EXIF orientation -> the array operation that shows the image upright (PIL's ImageOps.exif_transpose table).
+_ORIENTATIONS = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+                 5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T,
+                 8: lambda a: np.rot90(a)}
+
+
+def _upright(gray: np.ndarray, data: bytes) -> np.ndarray:
+    """A JPEG as a viewer shows it: a camera (a phone photographing a film, say) stores the pixels as the
+    sensor read them and the rotation in EXIF, which OpenCV's IMREAD_UNCHANGED does not apply.
+    """
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # an unreadable EXIF block leaves the pixels as stored
+        return gray
+    turn = _ORIENTATIONS.get(orientation)
+    return np.ascontiguousarray(turn(gray)) if turn else gray
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
