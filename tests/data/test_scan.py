@@ -97,6 +97,12 @@ def test_missing_and_empty_folders_are_clear_errors(tmp_path):
         scan_dataset(tmp_path, progress=False)
 
 
+def test_one_kaggle_class_folder_is_refused_saying_which_folder_to_give(sample):
+    with pytest.raises(DatasetError, match=r"COVID is one class folder of the Kaggle layout \(an images/ folder "
+                                           r"inside\); give the folder above it"):
+        scan_dataset(sample / "COVID", progress=False, min_classes=1)
+
+
 def test_kaggle_download_folder_one_level_up_is_accepted(tmp_path, sample):
     inner = tmp_path / "archive" / "COVID-19_Radiography_Dataset"
     for cls in ("COVID", "Normal"):

@@ -74,6 +74,10 @@ def _resolve_root(root: Path) -> Path:
     """Accept the folder a Kaggle download unpacks to, one level above the class folders."""
     if not root.is_dir():
         raise DatasetError(f"dataset folder not found: {root}")
+    if (root / "images").is_dir() and {p.name for p in _subfolders(root)} <= {"images", "masks"}:  # not classes
+        raise DatasetError(f"{root} is one class folder of the Kaggle layout (an images/ folder inside); give the "
+                           "folder above it, which holds the class folders (for this class alone, a folder that "
+                           f"holds only {root.name}/)")
     if discover_classes(root):
         return root
     subfolders = _subfolders(root)
