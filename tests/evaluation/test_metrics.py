@@ -76,6 +76,31 @@ def test_stratified_resamples_keep_class_counts_and_are_reproducible():
     assert not np.array_equal(rows, stratified_resamples(truth, 50, seed=8))
 
 
+def test_copies_are_resampled_together_and_a_set_without_copies_is_resampled_as_before():
+    truth = np.array([0] * 6 + [1] * 4)
+    before = stratified_resamples(truth, 40, 3)
+    for alone in (np.arange(10), np.full(10, -1)):  # every image its own group, or groups unknown
+        np.testing.assert_array_equal(stratified_resamples(truth, 40, 3, alone), before)
+    pairs = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])  # class 0: three pairs; class 1: two pairs
+    for rows in stratified_resamples(truth, 200, 5, pairs):
+        assert np.bincount(truth[rows]).tolist() == [6, 4]
+        drawn = np.bincount(rows, minlength=10)
+        assert (drawn[0::2] == drawn[1::2]).all()  # a copy comes with its twin (each class's count is even)
+
+
+def test_an_interval_is_not_narrowed_by_copies_of_the_same_radiographs():
+    truth, probabilities = _noisy_set(200)
+    unique = bootstrap_intervals(truth, probabilities, 500, 0)["accuracy"]
+    twice = np.concatenate([truth, truth]), np.concatenate([probabilities, probabilities])
+    naive = bootstrap_intervals(*twice, 500, 0)["accuracy"]
+    grouped = bootstrap_intervals(*twice, 500, 0, copies=np.tile(np.arange(200), 2))["accuracy"]
+    width = lambda interval: interval[1] - interval[0]  # noqa: E731
+    assert width(naive) < 0.8 * width(unique)  # every copy counted as a case: about 1/sqrt(2) as wide
+    assert width(grouped) == pytest.approx(width(unique), rel=0.15)
+    result = clinical_metrics(*twice, ["A", "B", "C"], n_resamples=20, copies=np.tile(np.arange(200), 2))
+    assert result["bootstrap"]["unit"] == "duplicate group"
+
+
 def _noisy_set(n=300, seed=0):
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, 3, n)
@@ -97,7 +122,7 @@ def test_bootstrap_intervals_are_reproducible_and_contain_the_point_estimate():
 
 def test_clinical_metrics_is_json_ready_with_nulls_for_undefined_values():
     result = clinical_metrics(TRUTH, PROBABILITIES, ["A", "B", "C", "D"], n_resamples=50, seed=1)
-    assert result["bootstrap"] == {"resamples": 50, "seed": 1, "level": 0.95, "stratified": True}
+    assert result["bootstrap"] == {"resamples": 50, "seed": 1, "level": 0.95, "stratified": True, "unit": "image"}
     assert result["per_class"]["D"]["support"] == 0 and result["per_class"]["D"]["sensitivity"]["value"] is None
     assert result["per_class"]["A"]["f1"]["value"] == pytest.approx(0.8)
     assert result["overall"]["cohen_kappa"]["value"] == pytest.approx(0.5)

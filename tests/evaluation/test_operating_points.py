@@ -152,7 +152,7 @@ def test_evaluate_at_thresholds_matches_hand_computed_values():
     viral = np.array([0.0, 0.1, 0.0, 0.3, 0.1, 0.7, 0.5, 0.2, 0.3, 0.8])
     result = evaluate_at_thresholds(TEST_TRUTH, _test_probabilities(TEST_COVID, viral), CLASSES, points,
                                     n_resamples=0)
-    assert result["bootstrap"] == {"resamples": 0, "seed": 0, "level": 0.95, "stratified": True}
+    assert result["bootstrap"] == {"resamples": 0, "seed": 0, "level": 0.95, "stratified": True, "unit": "image"}
     covid = result["classes"]["COVID"]
     assert (covid["threshold"], covid["positives"], covid["negatives"], covid["predicted_positive"]) == (0.5, 4, 6, 5)
     expected = {"sensitivity": 3 / 4, "specificity": 4 / 6, "ppv": 3 / 5, "npv": 4 / 5}

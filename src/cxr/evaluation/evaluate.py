@@ -179,8 +179,9 @@ def compute_metrics(predictions: dict[str, Predictions], classes: list[str], *, 
     if "test" not in predictions:
         return metrics
     test = predictions["test"]
+    copies = test.frame["group"].to_numpy() if "group" in test.frame else None  # resampled together
     metrics["clinical"] = {"split": "test", **clinical_metrics(test.truth, test.probabilities, classes, resamples,
-                                                               seed)}
+                                                               seed, copies=copies)}
     if "val" in predictions:
         val = predictions["val"]
         metrics["calibration"] = {**calibration.calibration_record(
@@ -191,7 +192,7 @@ def compute_metrics(predictions: dict[str, Predictions], classes: list[str], *, 
             metrics["operating_points"] = {
                 "chosen": chosen, "scored_on": "test",
                 "results": operating_points.evaluate_at_thresholds(test.truth, test.probabilities, classes, chosen,
-                                                                   resamples, seed)}
+                                                                   resamples, seed, copies=copies)}
     metrics["sources"] = _source_audit(source_map, split, root, classes, test)
     return metrics
 

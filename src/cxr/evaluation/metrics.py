@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 
 __all__ = ["HEADLINE", "OVERALL", "PER_CLASS", "bootstrap_intervals", "clinical_metrics", "format_interval",
-           "per_class_frame", "point_metrics", "stratified_resamples"]
+           "per_class_frame", "point_metrics", "resampling_unit", "stratified_resamples"]
 
 PER_CLASS = ("sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 OVERALL = ("accuracy", "balanced_accuracy", "cohen_kappa")
@@ -93,22 +93,66 @@ def point_metrics(truth: np.ndarray, probabilities: np.ndarray,
     return values
 
 
-def stratified_resamples(truth: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+def stratified_resamples(truth: np.ndarray, n_resamples: int, seed: int,
+                         copies: np.ndarray | None = None) -> np.ndarray:
     """Row indices of `n_resamples` bootstrap samples drawn with replacement within each true class,
     so every resample has the class counts of the original set.
+
+    Args:
+        truth: label indices, shape (N,).
+        n_resamples: how many samples.
+        seed: their seed.
+        copies: each row's duplicate group (the split's `group` column; -1 or None: unknown). Copies of
+            one radiograph are not independent evidence: a class that holds some is resampled by group,
+            drawing groups until its count is reached (the last one drawn cut to fit), so the interval is
+            not narrowed by counting a copy as a second case. A class without copies is drawn image by
+            image, exactly as without `copies`.
+
+    Returns:
+        (n_resamples, N) row indices.
     """
     rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(truth == label) for label in np.unique(truth)]
-    return np.stack([np.concatenate([rng.choice(group, len(group)) for group in groups])
+    strata = [(rows, _copy_groups(rows, copies)) for rows in (np.flatnonzero(truth == label)
+                                                               for label in np.unique(truth))]
+    return np.stack([np.concatenate([_draw(rng, rows, groups) for rows, groups in strata])
                      for _ in range(n_resamples)])
 
 
+def _copy_groups(rows: np.ndarray, copies: np.ndarray | None) -> list[np.ndarray] | None:
+    """A class's rows by duplicate group, or None when every row stands alone (or groups are unknown)."""
+    if copies is None:
+        return None
+    ids = np.asarray(copies)[rows]
+    known = ids[ids >= 0]
+    if len(np.unique(known)) == len(known):
+        return None
+    return [rows[ids == k] for k in np.unique(known)] + [np.array([row]) for row in rows[ids < 0]]
+
+
+def resampling_unit(truth: np.ndarray, copies: np.ndarray | None) -> str:
+    """What the bootstrap draws: "duplicate group" where some class holds copies, else "image"."""
+    labels = np.unique(np.asarray(truth))
+    has_copies = any(_copy_groups(np.flatnonzero(truth == label), copies) is not None for label in labels)
+    return "duplicate group" if has_copies else "image"
+
+
+def _draw(rng: np.random.Generator, rows: np.ndarray, groups: list[np.ndarray] | None) -> np.ndarray:
+    if groups is None:
+        return rng.choice(rows, len(rows))
+    picked = rng.integers(len(groups), size=len(rows))  # enough: every group has a row or more
+    drawn = np.concatenate([groups[k] for k in picked])
+    return drawn[:len(rows)]
+
+
 def bootstrap_intervals(truth: np.ndarray, probabilities: np.ndarray, n_resamples: int = 1000, seed: int = 0,
-                        level: float = 0.95, averaged: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of every metric over stratified bootstrap resamples."""
+                        level: float = 0.95, averaged: np.ndarray | None = None,
+                        copies: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of every metric over stratified bootstrap resamples (by duplicate group where
+    `copies` says some rows are copies of one radiograph; see stratified_resamples).
+    """
     truth = np.asarray(truth)
     samples = [point_metrics(truth[rows], probabilities[rows], averaged)
-               for rows in stratified_resamples(truth, n_resamples, seed)]
+               for rows in stratified_resamples(truth, n_resamples, seed, copies)]
     tail = (1 - level) / 2 * 100
     intervals = {}
     for name in samples[0]:
@@ -120,7 +164,7 @@ def bootstrap_intervals(truth: np.ndarray, probabilities: np.ndarray, n_resample
 
 
 def clinical_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], n_resamples: int = 1000,
-                     seed: int = 0, present_only: bool = False) -> dict:
+                     seed: int = 0, present_only: bool = False, copies: np.ndarray | None = None) -> dict:
     """Point estimates and 95 % intervals, overall and per class, as JSON-ready nested dicts.
 
     Args:
@@ -131,6 +175,7 @@ def clinical_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: list
         seed: their seed.
         present_only: report only the classes with true cases in `truth`, and average over them (an
             external folder with a subset of the model's classes); `averaged_over` names them.
+        copies: each row's duplicate group (see stratified_resamples); None: every row stands alone.
 
     Returns:
         {"bootstrap", "overall", "macro", "weighted", "per_class", "averaged_over"}.
@@ -138,14 +183,16 @@ def clinical_metrics(truth: np.ndarray, probabilities: np.ndarray, classes: list
     support = np.bincount(np.asarray(truth), minlength=len(classes))
     averaged = np.flatnonzero(support > 0) if present_only else np.arange(len(classes))
     point = point_metrics(truth, probabilities, averaged)
-    intervals = bootstrap_intervals(truth, probabilities, n_resamples, seed, averaged=averaged) if n_resamples else {}
+    intervals = (bootstrap_intervals(truth, probabilities, n_resamples, seed, averaged=averaged, copies=copies)
+                 if n_resamples else {})
 
     def entry(name: str) -> dict[str, float | None]:
         low, high = intervals.get(name, (float("nan"), float("nan")))
         return {"value": _json_number(point[name]), "ci_low": _json_number(low), "ci_high": _json_number(high)}
 
     return {
-        "bootstrap": {"resamples": n_resamples, "seed": seed, "level": 0.95, "stratified": True},
+        "bootstrap": {"resamples": n_resamples, "seed": seed, "level": 0.95, "stratified": True,
+                      "unit": resampling_unit(truth, copies)},
         "averaged_over": [classes[k] for k in averaged],
         "overall": {name: entry(name) for name in OVERALL},
         "macro": {name: entry(f"macro/{name}") for name in PER_CLASS},

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.errors import UserError
-from cxr.evaluation.metrics import format_interval, stratified_resamples
+from cxr.evaluation.metrics import format_interval, resampling_unit, stratified_resamples
 from cxr.inference.points import check_classes
 
 __all__ = ["DEFAULT_TARGET", "MIN_POSITIVES", "choose_thresholds", "default_targets", "evaluate_at_thresholds",
@@ -165,7 +165,7 @@ def choose_thresholds(truth: np.ndarray, probabilities: np.ndarray, classes: lis
 
 
 def evaluate_at_thresholds(truth: np.ndarray, probabilities: np.ndarray, classes: list[str], points: dict,
-                           n_resamples: int = 1000, seed: int = 0) -> dict:
+                           n_resamples: int = 1000, seed: int = 0, copies: np.ndarray | None = None) -> dict:
     """Sensitivity, specificity, PPV and NPV at each chosen threshold on another set (test, external).
 
     The set may lack some classes entirely (external data with a subset of them): such a class has no
@@ -181,6 +181,7 @@ def evaluate_at_thresholds(truth: np.ndarray, probabilities: np.ndarray, classes
         points: `choose_thresholds`' result.
         n_resamples: bootstrap resamples; 0 gives no intervals (ci_low and ci_high None).
         seed: seed of the resampling.
+        copies: each row's duplicate group: copies are resampled together (see stratified_resamples).
 
     Returns:
         {"bootstrap": {"resamples", "seed", "level", "stratified"}, "classes": {class: {"target_sensitivity",
@@ -193,7 +194,7 @@ def evaluate_at_thresholds(truth: np.ndarray, probabilities: np.ndarray, classes
     """
     check_classes(points, classes)
     truth, probabilities = _check_arrays(truth, probabilities, classes)
-    rows = (stratified_resamples(truth, n_resamples, seed) if n_resamples and len(truth)
+    rows = (stratified_resamples(truth, n_resamples, seed, copies) if n_resamples and len(truth)
             else np.empty((0, len(truth)), dtype=int))
     results = {}
     for name, point in points["classes"].items():
@@ -210,7 +211,8 @@ def evaluate_at_thresholds(truth: np.ndarray, probabilities: np.ndarray, classes
             "predicted_positive": int(predicted.sum()),
             **{metric: _entry(values[metric][0], samples[metric]) for metric in values},
         }
-    return {"bootstrap": {"resamples": int(n_resamples), "seed": int(seed), "level": _LEVEL, "stratified": True},
+    return {"bootstrap": {"resamples": int(n_resamples), "seed": int(seed), "level": _LEVEL, "stratified": True,
+                          "unit": resampling_unit(truth, copies)},
             "classes": results}
 
 
