@@ -137,17 +137,20 @@ def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.
             "first_epochs_val_accuracy": history["val_accuracy"].head(3).round(4).tolist()}
 
 
-def summarise(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean and sample SD per variant; and each variant's per-fold paired difference from the first."""
+def summarise(rows: pd.DataFrame, baseline: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean and sample SD per variant; and each variant's per-fold paired difference from `baseline` (the
+    first variant planned: with --finished-only its first run may be missing, and the first row is then
+    another variant's), with the number of pairs each metric's mean is over.
+    """
     summary = rows.groupby("variant", sort=False)[list(METRICS)].agg(["mean", "std"])
-    first = rows["variant"].iloc[0]
-    base = rows[rows["variant"] == first].set_index(["seed", "fold"])[list(METRICS)]
+    base = rows[rows["variant"] == baseline].set_index(["seed", "fold"])[list(METRICS)]
     paired = []
     for name, group in rows.groupby("variant", sort=False):
-        if name == first:
+        if name == baseline:
             continue
         difference = group.set_index(["seed", "fold"])[list(METRICS)] - base
-        paired.append({"variant": name, "against": first, "pairs": int(difference.notna().all(axis=1).sum()),
+        paired.append({"variant": name, "against": baseline, "pairs": int(difference["macro_f1"].notna().sum()),
+                       **{f"{m} pairs": int(difference[m].notna().sum()) for m in METRICS},
                        **{f"{m} difference mean": difference[m].mean() for m in METRICS},
                        **{f"{m} difference sd": difference[m].std() for m in METRICS}})
     return summary, pd.DataFrame(paired)
@@ -222,7 +225,7 @@ def main() -> None:
         sys.exit(f"no finished run under {work}")
     table = pd.DataFrame(rows)
     planned = len(seeds) * args.folds * len(chosen)
-    summary, paired = summarise(table)
+    summary, paired = summarise(table, chosen[0].name)
     print(summary.round(4).to_string())
     if len(paired):
         print(paired.round(4).to_string(index=False))
