@@ -125,3 +125,15 @@ def test_a_class_too_small_to_reach_val_and_test_is_named(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "note: class Rare has 3 image(s), none in val or test: its test metrics are undefined" in out
     assert "note: class Big" not in out
+
+
+def test_a_hand_made_split_may_leave_groups_blank_or_name_them(tmp_path):
+    folder = tmp_path / "split"
+    folder.mkdir()
+    (folder / "train.csv").write_text("file,label,group\na.png,A,\nb.png,B,7\nc.png,A,7\n")
+    (folder / "val.csv").write_text("file,label,group\nd.png,A,P001\ne.png,B,\nf.png,B,P001\ng.png,A,P002\n")
+    (folder / "test.csv").write_text("file,label\nh.png,A\n")
+    split = read_split(folder)
+    assert split.frames["train"]["group"].tolist() == [-1, 7, 7]
+    assert split.frames["val"]["group"].tolist() == [0, -1, 0, 1]  # names numbered in order of appearance
+    assert split.frames["test"]["group"].tolist() == [-1]

@@ -181,6 +181,12 @@ def test_a_copy_of_a_training_image_is_named_before_a_nearer_copy_of_a_test_imag
     same_bytes = _hashes([("copy.png", "X", "m", bits())])
     both = known.assign(md5="m")  # the same bytes in test and train: the training copy is named
     assert find_overlap(same_bytes, both, max_distance=-1)["run_split"].tolist() == ["train"]
+    # The same bytes as the test image, and within reach of the training image: the training copy is named.
+    exact_test = _hashes([("test-bytes.png", "X", "t", bits(range(12)))])  # 30 bits from R: reach it at 30
+    assert find_overlap(exact_test, known, max_distance=30)[["run_file", "match"]].values.tolist() == [
+        ["R.png", "near"]]
+    assert find_overlap(exact_test, known, max_distance=20)[["run_file", "match"]].values.tolist() == [
+        ["T.png", "exact"]]
 
 
 def test_old_splits_without_hashes_are_hashed_again(tiny_run, tmp_path):

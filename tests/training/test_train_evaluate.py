@@ -221,4 +221,8 @@ def test_a_signal_after_the_controllers_stop_leaves_the_run_stopped_early(tmp_pa
     # Killed after the epoch's save but before the status was written: the saved controller says it stopped.
     state = {"epoch": 5, "status": "running", "adaptive": {"wait": 0, "reductions": 3}}
     assert _continuation(Run(tmp_path), config, state, None)[2] is True  # evaluate it, train no more
+    controller.reductions = 3  # as restored from that state: it is recorded as stopped early, not finished
+    assert _status(config, loop, state, None, finalize=True) == "stopped early"
+    controller.reductions = 2
+    assert _status(config, loop, state, None, finalize=True) == "finished"
     assert _continuation(Run(tmp_path), config, {**state, "adaptive": {"reductions": 2}}, None)[2] is False

@@ -187,6 +187,19 @@ def _read_optional(path: Path, columns: list[str]) -> pd.DataFrame:
     return _read_csv(path, dtype={"file": str, "label": str}) if path.is_file() else pd.DataFrame(columns=columns)
 
 
+def _group_ids(column: pd.Series) -> np.ndarray:
+    """A split's `group` column as integers, -1 where blank: as written by write_split, or by hand with numbers
+    or names (a patient id, say), which are numbered in order of appearance.
+    """
+    text = column.astype(str).str.strip()
+    blank = text.isin(["", "nan"])
+    numbers = pd.to_numeric(text.where(~blank), errors="coerce")
+    if numbers[~blank].notna().all():
+        return numbers.fillna(-1).astype(int).to_numpy()
+    codes, _ = pd.factorize(text.where(~blank))
+    return codes.astype(int)  # factorize gives -1 to the blanks
+
+
 def read_split(folder: str | os.PathLike) -> Split:
     """Read a split written by write_split (or by hand: file,label[,group] per split)."""
     folder = Path(folder)
@@ -199,8 +212,7 @@ def read_split(folder: str | os.PathLike) -> Split:
         missing = {"file", "label"} - set(frame.columns)
         if missing:
             raise DatasetError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        if "group" not in frame.columns:
-            frame["group"] = -1
+        frame["group"] = _group_ids(frame["group"]) if "group" in frame.columns else -1
         frames[name] = frame[SPLIT_COLUMNS]
     dataset_path = folder / "dataset.yaml"
     dataset = yaml.safe_load(dataset_path.read_text(encoding="utf-8")) if dataset_path.is_file() else {}

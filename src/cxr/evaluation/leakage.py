@@ -102,7 +102,7 @@ def find_overlap(external: pd.DataFrame, run: pd.DataFrame, max_distance: int, c
             exact = by_md5.get(item.md5)
             near = next((int(nearest[row]) for nearest in candidates
                          if max_distance >= 0 and distance[row, nearest[row]] <= max_distance), None)
-            if exact is not None:
+            if exact is not None and (learnt[exact] or near is None or not learnt[near]):
                 rows.append(_overlap_row(item, run.iloc[exact], "exact", int(distance[row, exact])))
             elif near is not None:
                 rows.append(_overlap_row(item, run.iloc[near], "near", int(distance[row, near])))

@@ -106,7 +106,7 @@ def stratified_resamples(truth: np.ndarray, n_resamples: int, seed: int,
             one radiograph are not independent evidence: a class that holds some is resampled by group,
             drawing groups until its count is reached (the last one drawn cut to fit), so the interval is
             not narrowed by counting a copy as a second case. A class without copies is drawn image by
-            image, exactly as without `copies`.
+            image; a set without copies gets exactly the resamples it got without `copies`.
 
     Returns:
         (n_resamples, N) row indices.

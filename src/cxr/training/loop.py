@@ -585,10 +585,12 @@ def _write_described_model(run: Run, config: Config, kept: Path) -> None:
 def _status(config: Config, loop: Loop, state: dict[str, Any] | None, stopped: TrainingStopped | None, *,
             finalize: bool) -> Status:
     done = loop.checkpoint.state["epoch"]
-    if finalize:
-        return Status(state["status"]) if state["status"] in COMPLETE else Status.FINISHED
     halted = loop.prompt is not None and loop.prompt.halted
     early = loop.controller.reductions >= loop.controller.stop_patience and done < config.epochs
+    if finalize:  # a run killed before its status was written says how it ended through its controller's state
+        if state["status"] in COMPLETE:
+            return Status(state["status"])
+        return Status.STOPPED_EARLY if early and config.schedule == "adaptive" else Status.FINISHED
     if stopped and not (halted or early):  # a signal after the user's or the controller's decision changes nothing
         return Status(stopped.kind)
     if halted:
