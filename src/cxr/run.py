@@ -240,10 +240,6 @@ class Run:
         """Every model file in checkpoints/ (for pruning the ones state.json no longer names)."""
         return sorted(path for kind in ("epoch", "best", "step") for path in self.checkpoints.glob(f"{kind}-*.keras"))
 
-    def is_trained(self) -> bool:
-        """Whether anything of a finished epoch is here (history or model), with or without state."""
-        return self.history_path.exists() or self.model_path.exists()
-
     # Records ----------------------------------------------------------------------------------------
     def config(self):
         """The run's settings as a Config (the recorded `environment` left out).

@@ -143,6 +143,18 @@ def test_a_save_before_epoch_1_ends_writes_the_state_and_no_empty_history(tmp_pa
     checkpoint.commit("interrupted")
     run = Run(tmp_path)
     assert run.state()["status"] == "interrupted" and not run.history_path.exists()
-    assert not run.is_trained()  # so a resume starts it, rather than calling it an older version's run
     run.history_path.write_text("\n")  # as cxr wrote it before
     assert run.history() is None
+
+
+def test_a_run_that_died_between_its_first_history_and_state_starts_again(tmp_path):
+    from cxr.errors import UserError
+    from cxr.training.loop import _resumable_state
+
+    run = Run(tmp_path)
+    run.write_history([{"epoch": 1, "loss": 1.0}])  # the first epoch's history, and no state.json after it
+    with pytest.raises(UserError, match="trained by an earlier version of cxr"):  # no checkpoints: an older cxr's
+        _resumable_state(run)
+    run.checkpoints.mkdir()
+    (run.checkpoints / "epoch-0001.keras").write_bytes(b"the first epoch's model")
+    assert _resumable_state(run) is None

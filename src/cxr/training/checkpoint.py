@@ -203,11 +203,12 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.state["status"] = status
         self.state.update(epochs=self.epochs, best_epoch=self.controller.best_epoch,
                           adaptive=self.controller.get_state(), history=self.history.rows, saved=now())
-        # state.json first: it holds the history too, and a resume rebuilds history.csv from it. Before epoch 1
-        # ends there is no row, and an empty CSV is no table.
-        self.run.write_state(self.state)
+        # history.csv first: a process that dies between the two leaves a history one epoch ahead of the state
+        # (a resume rebuilds it from the state), never one behind. Before epoch 1 ends there is no row, and an
+        # empty CSV is no table.
         if self.history.rows:
             self.run.write_history(self.history.rows)
+        self.run.write_state(self.state)
         self.saved_epoch, self.saved_partial = self.state["epoch"], self.state.get("partial")
 
     def saved(self) -> str:

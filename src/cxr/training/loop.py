@@ -255,7 +255,10 @@ def _check_not_empty(split: Split) -> None:
 
 def _resumable_state(run: Run) -> dict[str, Any] | None:
     state = run.state()
-    if state is None and run.is_trained():
+    # A history or model without state.json and without checkpoint files: a run of a cxr without resumable
+    # checkpoints. (With its first epoch's checkpoint, it died between writing that epoch's history and its
+    # state: it starts again.)
+    if state is None and (run.history_path.exists() or run.model_path.exists()) and not run.checkpoint_files():
         raise UserError(f"{run} has no checkpoints/state.json: it was trained by an earlier version of "
                         "cxr without resumable checkpoints; start a new run")
     return state
