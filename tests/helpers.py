@@ -136,3 +136,18 @@ def running(app):
     finally:
         instance.should_exit = True
         thread.join(timeout=10)
+
+
+def tensorboard_scalars(folder) -> dict[str, list[float]]:
+    """Every scalar in the event files under `folder`, by tag, in step order."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    scalars: dict[str, list[float]] = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                number = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
+                scalars.setdefault(f"{path.parent.name}/{value.tag}", []).append(float(number))
+    return scalars

@@ -40,8 +40,11 @@ def test_train_evaluate_predict_on_the_real_sample(sample, tmp_path, backend):
     # (TensorFlow's) runs with the system's, as CXR_ALLOCATOR=system asks.
     # Both backends train the default recipe (under JAX its geometric augmentation is compiled, see
     # cxr.model.allow_jit).
+    # Under JAX each batch shape compiles DenseNet169's step again: batches of 15 divide the 360 training and
+    # 45 validation images, so there is no short last batch to compile for.
+    batch = "15" if backend == "jax" else "16"
     printed = cxr("train", "--data", str(sample), "--name", "e2e", "--runs-dir", str(runs), "--weights", "none",
-                  "--image-size", "32", "--epochs", "2", "--batch-size", "16", backend=backend)
+                  "--image-size", "32", "--epochs", "2", "--batch-size", batch, backend=backend)
     library = allocator.find("auto")
     expected = "system" if library is None else "tcmalloc" if "tcmalloc" in library.name else "jemalloc"
     recorded = yaml.safe_load((only_run(runs) / "config.yaml").read_text())["environment"]

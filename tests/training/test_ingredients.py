@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import only_run, read_state
+from helpers import only_run, read_state, tensorboard_scalars
 
 from cxr.config import DEFAULT_RECIPE, RECIPES, Config, resolve
 from cxr.data.batches import ImageBatches, balanced_class_weights
@@ -187,12 +187,18 @@ def test_every_ingredient_trains_from_the_command_line(phantoms, tmp_path, backe
         [sys.executable, "-m", "cxr", "train", "--data", str(phantoms), "--runs-dir", str(tmp_path), "--backbone",
          "tiny", "--weights", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "8", "--bootstrap", "0",
          "--augment", "radiograph", "--no-flip", "--label-smoothing", "0.1", "--class-balance", "--optimizer",
-         "adamw", "--weight-decay", "0.01", "--schedule", "cosine", "--warmup-epochs", "1"],
+         "adamw", "--weight-decay", "0.01", "--schedule", "cosine", "--warmup-epochs", "1", "--tensorboard"],
         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
         env={**os.environ, "KERAS_BACKEND": backend})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "epoch 1/2" in result.stdout and " lr 0.00e+00 to 1.00e-03 " in result.stdout  # the warm-up epoch
     run = only_run(tmp_path)
+    # What the console showed is in train.log, in plain lines when it is not a terminal, and TensorBoard's
+    # logs are written on either backend (Keras writes them with tf.summary).
+    log = (run / "train.log").read_text()
+    assert "\r" not in log and f"run folder: {run}" in log and "training finished after epoch 2 of 2" in log
+    assert "scan: " in result.stderr and "\r" not in result.stderr
+    assert len(tensorboard_scalars(run / "tensorboard")["train/epoch_loss"]) == 2
     assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [1, 2]
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     assert {key: recorded[key] for key in INGREDIENTS} == INGREDIENTS

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import tensorboard_scalars
 
 from cxr import logs
 from cxr.config import resolve
 from cxr.training.loop import resume, train
-
-
-def tensorboard_scalars(folder) -> dict[str, list[float]]:
-    """Every scalar in the event files under `folder`, by tag, in step order."""
-    import tensorflow as tf
-    from tensorflow.core.util import event_pb2
-
-    scalars: dict[str, list[float]] = {}
-    for path in sorted(folder.rglob("events.out.tfevents.*")):
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = event_pb2.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                number = tf.make_ndarray(value.tensor) if value.HasField("tensor") else value.simple_value
-                scalars.setdefault(f"{path.parent.name}/{value.tag}", []).append(float(number))
-    return scalars
 
 
 def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_file():
@@ -81,20 +64,3 @@ def test_no_tensorboard_logs_unless_asked_or_installed(phantoms, tmp_path):
                      image_size=32, epochs=1, batch_size=8, seed=1, bootstrap=0, tensorboard=False)
     run = train(config, progress=False, echo=lambda _: None)
     assert not (run / "tensorboard").exists() and (run / "train.log").is_file()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("backend", ["jax"])
-def test_train_log_and_tensorboard_under_jax_from_the_command_line(phantoms, tmp_path, backend):
-    pytest.importorskip(backend)
-    env = {**os.environ, "KERAS_BACKEND": backend}
-    result = subprocess.run([sys.executable, "-m", "cxr", "train", "--data", str(phantoms), "--runs-dir",
-                             str(tmp_path), "--backbone", "tiny", "--weights", "none", "--image-size", "32",
-                             "--epochs", "1", "--batch-size", "8", "--bootstrap", "0", "--tensorboard"],
-                            env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    run = next(p for p in tmp_path.iterdir() if p.name != "cache")
-    log = (run / "train.log").read_text()
-    assert "\r" not in log and f"run folder: {run}" in log and "training finished after epoch 1 of 1" in log
-    assert "scan: " in result.stderr and "\r" not in result.stderr  # not a terminal: plain progress lines
-    assert len(tensorboard_scalars(run / "tensorboard")["train/epoch_loss"]) == 1
