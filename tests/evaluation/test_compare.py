@@ -30,13 +30,15 @@ def test_compare_reads_the_newest_evaluation_of_each_run(tiny_run, tmp_path, cap
     assert "no evaluation with metrics.json" in capsys.readouterr().err
 
 
-def _evaluation(folder, files, truth, predicted, classes=("COVID", "Normal")):
+def _evaluation(folder, files, truth, predicted, classes=("COVID", "Normal"), groups=None):
     """An evaluation folder with a metrics.json and the predictions the paired comparison reads."""
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({"splits": {"test": {"images": len(files)}}, "classes": classes}))
-    pd.DataFrame({"file": files, "true_label": truth, "predicted_label": predicted,
-                  "correct": [t == p for t, p in zip(truth, predicted, strict=True)]}).to_csv(
-        folder / "predictions_test.csv", index=False)
+    frame = pd.DataFrame({"file": files, "true_label": truth, "predicted_label": predicted,
+                          "correct": [t == p for t, p in zip(truth, predicted, strict=True)]})
+    if groups is not None:
+        frame["group"] = groups
+    frame.to_csv(folder / "predictions_test.csv", index=False)
     return folder
 
 
@@ -66,3 +68,29 @@ def test_two_evaluations_of_the_same_images_get_a_paired_comparison(tmp_path, ca
     assert "no paired comparison of runA/eval and runC/eval: the image sets differ: 10 images only in runA/eval" \
         in printed
     assert "compare the unpaired table above" in printed
+
+
+def test_the_paired_comparison_draws_copies_in_the_test_set_together(tmp_path, capsys):
+    # 50 radiographs each in the test set twice (as a split with near copies can hold them): the interval of
+    # the difference must be the 50 radiographs', not 100 independent images'.
+    files = [f"img{i:03d}.png" for i in range(100)]
+    truth = (["COVID"] * 25 + ["Normal"] * 25) * 2
+    wrong = {"COVID": "Normal", "Normal": "COVID"}
+    a = [wrong[t] if i % 50 < 12 else t for i, t in enumerate(truth)]
+    b = [wrong[t] if i % 50 < 4 else t for i, t in enumerate(truth)]
+    groups = list(range(50)) * 2
+
+    def interval(printed):
+        line = next(line for line in printed.splitlines() if line.strip().startswith("accuracy:"))
+        low, high = (float(x) for x in line.split("95 % CI ")[1].rstrip(")").split(" to "))
+        return high - low
+
+    widths = {}
+    for name, grouped in (("image", None), ("group", groups)):
+        first = _evaluation(tmp_path / name / "runA" / "eval", files, truth, a, groups=grouped)
+        second = _evaluation(tmp_path / name / "runB" / "eval", files, truth, b, groups=grouped)
+        assert main(["compare", str(first), str(second), "--bootstrap", "500"]) == 0
+        printed = capsys.readouterr().out
+        assert ("the bootstrap draws copies of one radiograph together" in printed) == (grouped is not None)
+        widths[name] = interval(printed)
+    assert widths["group"] > 1.2 * widths["image"]

@@ -9,7 +9,14 @@ from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
 from cxr.evaluation.metrics import stratified_resamples
-from cxr.evaluation.paired import MCNEMAR_TEST, align, comparison_lines, mcnemar_exact, paired_comparison
+from cxr.evaluation.paired import (
+    MCNEMAR_TEST,
+    align,
+    comparison_lines,
+    mcnemar_exact,
+    paired_comparison,
+    shared_groups,
+)
 from cxr.evaluation.paired import _macro_f1_rows as macro_f1_rows
 
 
@@ -56,7 +63,8 @@ def test_paired_comparison_counts_and_differences_on_a_hand_built_set():
     truth, predicted_a, predicted_b = _hundred_images()
     result = paired_comparison(truth, predicted_a, predicted_b, n_resamples=300, seed=1)
     assert result["images"] == 100
-    assert result["bootstrap"] == {"resamples": 300, "seed": 1, "level": 0.95, "paired": True, "stratified": True}
+    assert result["bootstrap"] == {"resamples": 300, "seed": 1, "level": 0.95, "paired": True, "stratified": True,
+                                   "unit": "image"}
     mcnemar = result["mcnemar"]
     assert {key: mcnemar[key] for key in ("a_right_b_wrong", "a_wrong_b_right", "both_right", "both_wrong")} == {
         "a_right_b_wrong": 2, "a_wrong_b_right": 10, "both_right": 78, "both_wrong": 10}
@@ -266,3 +274,47 @@ def test_align_refuses_repeated_files_and_missing_columns():
     assert reason.startswith("A's predictions have no column predicted_label (columns: file, true_label, correct")
     empty = frame.iloc[:0]
     assert align(empty, empty) == (None, "A and B have no predictions")
+
+
+# Copies of one radiograph ------------------------------------------------------------------------------
+
+def test_shared_groups_join_rows_that_share_a_group_in_either_table():
+    # a: {0,1} {2} {3} {4,5}; b: {0} {1,2} {3} {4} {5}, 5 unknown (-1) in b  ->  {0,1,2} {3} {4,5}
+    groups = shared_groups(np.array([7, 7, 8, 9, 10, 10]), np.array([0, 1, 1, 2, 3, -1]))
+    assert groups.tolist() == [0, 0, 0, 1, 2, 2]
+    assert shared_groups(pd.Series([5, 3, 5, 4])).tolist() == [0, 1, 0, 2]  # one table; ids in order of rows
+    assert shared_groups(np.array([-1, -1, 2])).tolist() == [0, 1, 2]  # unknown rows stand alone
+
+
+def test_align_carries_the_duplicate_groups_of_either_table():
+    frame_a = _predictions(FILES, TRUTH, TRUTH).assign(group=[0, 0, 1, 2, 3, 4])
+    frame_b = _predictions(FILES, TRUTH, TRUTH).assign(group=[0, 1, 1, 2, 3, 3]).sample(frac=1, random_state=0)
+    joined, reason = align(frame_a, frame_b)
+    assert reason is None
+    assert list(joined.columns) == ["file", "true_label", "predicted_a", "predicted_b", "group"]
+    assert joined["group"].tolist() == [0, 0, 0, 1, 2, 2]
+    # An older predictions file without groups: the other table's groups count.
+    joined, _ = align(_predictions(FILES, TRUTH, TRUTH), frame_b)
+    assert joined["group"].tolist() == [0, 1, 1, 2, 3, 3]
+
+
+def test_the_paired_interval_is_not_narrowed_by_copies():
+    # 100 images each present twice: image by image the interval of the difference is about 1/sqrt(2) as
+    # wide as the unique set's; drawing copies together gives it back the unique set's width.
+    truth, predicted_a, predicted_b = (np.tile(values, 2) for values in _hundred_images())
+    unique = len(truth) // 2
+    copies = np.tile(np.arange(unique), 2)
+
+    def width(result):
+        return result["accuracy"]["ci_high"] - result["accuracy"]["ci_low"]
+
+    alone = paired_comparison(truth[:unique], predicted_a[:unique], predicted_b[:unique], 1000, 0)
+    naive = paired_comparison(truth, predicted_a, predicted_b, 1000, 0)
+    grouped = paired_comparison(truth, predicted_a, predicted_b, 1000, 0, copies=copies)
+    assert naive["bootstrap"]["unit"] == "image" and grouped["bootstrap"]["unit"] == "duplicate group"
+    assert grouped["accuracy"]["difference"] == naive["accuracy"]["difference"] == pytest.approx(0.08)
+    assert width(naive) < 0.8 * width(alone)
+    assert width(grouped) == pytest.approx(width(alone), rel=0.15)
+    assert comparison_lines(grouped, "A", "B")[0] == ("images: 200, the same for both; the bootstrap draws copies "
+                                                      "of one radiograph together")
+    assert comparison_lines(naive, "A", "B")[0] == "images: 200, the same for both"

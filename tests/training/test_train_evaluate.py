@@ -74,6 +74,7 @@ def test_metrics_agree_with_the_predictions_files(tiny_run):
         predictions = pd.read_csv(tiny_run / "eval" / f"predictions_{name}.csv")
         split = pd.read_csv(tiny_run / "split" / f"{name}.csv")
         assert predictions["file"].tolist() == split["file"].tolist()
+        assert predictions["group"].tolist() == split["group"].tolist()  # cxr compare resamples copies together
         assert metrics["splits"][name]["images"] == len(split)
         assert metrics["splits"][name]["accuracy"] == pytest.approx(predictions["correct"].mean())
     test = pd.read_csv(tiny_run / "eval" / "predictions_test.csv")

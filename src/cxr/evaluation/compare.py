@@ -140,7 +140,9 @@ def paired_lines(a: EvalDir, b: EvalDir, resamples: int, seed: int) -> list[str]
     def codes(column: str) -> np.ndarray:
         return joined[column].map(index).to_numpy()
 
-    result = paired_comparison(codes("true_label"), codes("predicted_a"), codes("predicted_b"), resamples, seed)
+    copies = joined["group"].to_numpy() if "group" in joined else None  # resampled together
+    result = paired_comparison(codes("true_label"), codes("predicted_a"), codes("predicted_b"), resamples, seed,
+                               copies)
     return [f"paired comparison of {name_a} and {name_b} on the same {result['images']} images:",
             *("  " + line for line in comparison_lines(result, name_a, name_b))]
 

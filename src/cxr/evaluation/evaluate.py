@@ -208,7 +208,10 @@ def _source_audit(mapping: dict[str, str], split: Split, root: str, classes: lis
 
 
 def predictions_frame(split: pd.DataFrame, probabilities: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """file, true_label, predicted_label, correct and p_<class> for each image of a split."""
+    """file, true_label, predicted_label, correct, group (the split's duplicate group, where it has one) and
+    p_<class> for each image of a split. The group lets `cxr compare` resample copies of one radiograph
+    together, as the evaluation's own intervals do.
+    """
     predicted = probabilities.argmax(axis=1)
     frame = pd.DataFrame({
         "file": split["file"].to_numpy(),
@@ -216,6 +219,8 @@ def predictions_frame(split: pd.DataFrame, probabilities: np.ndarray, classes: l
         "predicted_label": np.array(classes)[predicted],
         "correct": split["label"].to_numpy() == np.array(classes)[predicted],
     })
+    if "group" in split:
+        frame["group"] = split["group"].to_numpy()
     for i, name in enumerate(classes):
         frame[f"p_{name}"] = probabilities[:, i]
     return frame

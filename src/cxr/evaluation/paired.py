@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
-from cxr.evaluation.metrics import stratified_resamples
+from cxr.evaluation.metrics import resampling_unit, stratified_resamples
 
-__all__ = ["MCNEMAR_TEST", "align", "comparison_lines", "mcnemar_exact", "paired_comparison"]
+__all__ = ["MCNEMAR_TEST", "align", "comparison_lines", "mcnemar_exact", "paired_comparison", "shared_groups"]
 
 MCNEMAR_TEST = "McNemar exact (two-sided binomial on discordant pairs, scipy.stats.binomtest)"
 LEVEL = 0.95
@@ -57,8 +59,10 @@ def align(frame_a: pd.DataFrame, frame_b: pd.DataFrame, name_a: str = "A",
         name_b: what the reason calls B.
 
     Returns:
-        (the joined table: file, true_label, predicted_a, predicted_b, sorted by file; None), or
-        (None, a sentence saying why the tables cannot be paired).
+        (the joined table: file, true_label, predicted_a, predicted_b, and group where either table has the
+        split's duplicate groups, sorted by file; None), or (None, a sentence saying why the tables cannot
+        be paired). Two images share a group when they share one in either table (older predictions
+        files have no group: then only the other table's count).
     """
     for name, frame in ((name_a, frame_a), (name_b, frame_b)):
         missing = [column for column in _COLUMNS if column not in frame.columns]
@@ -75,19 +79,50 @@ def align(frame_a: pd.DataFrame, frame_b: pd.DataFrame, name_a: str = "A",
     if only_a or only_b:
         return None, (f"the image sets differ: {_count(len(only_a), 'image')} only in {name_a}{_example(only_a)}, "
                       f"{len(only_b)} only in {name_b}{_example(only_b)}, {len(files_a & files_b)} in both")
-    joined = pd.merge(frame_a[list(_COLUMNS)], frame_b[list(_COLUMNS)], on="file", suffixes=("_a", "_b"),
-                      validate="one_to_one")
+    joined = pd.merge(frame_a[_with_group(frame_a)], frame_b[_with_group(frame_b)], on="file",
+                      suffixes=("_a", "_b"), validate="one_to_one")
     differ = joined.loc[joined["true_label_a"] != joined["true_label_b"], "file"].sort_values()
     if len(differ):
         return None, (f"the same files carry different true labels in {name_a} and {name_b} "
                       f"({_count(len(differ), 'file')}, e.g. {differ.iloc[0]})")
     joined = joined.rename(columns={"true_label_a": "true_label", "predicted_label_a": "predicted_a",
-                                    "predicted_label_b": "predicted_b"})
-    return joined[["file", "true_label", "predicted_a", "predicted_b"]].sort_values("file", ignore_index=True), None
+                                    "predicted_label_b": "predicted_b", "group": "group_a"})
+    columns = ["file", "true_label", "predicted_a", "predicted_b"]
+    groups = [joined[name] for name in ("group_a", "group_b") if name in joined]
+    if groups:
+        joined["group"] = shared_groups(*groups)
+        columns.append("group")
+    return joined[columns].sort_values("file", ignore_index=True), None
+
+
+def shared_groups(*partitions: pd.Series | np.ndarray) -> np.ndarray:
+    """One duplicate group per row such that rows sharing a group in any of the partitions share one here
+    (the connected components of "same group somewhere"). Negative or missing ids: not known to be copies.
+
+    Args:
+        partitions: group ids of the same rows, one array per table.
+
+    Returns:
+        Group ids 0..k-1, one per row.
+    """
+    n = len(partitions[0])
+    rows, nodes, offset = [], [], n
+    for partition in partitions:
+        ids = pd.to_numeric(pd.Series(np.asarray(partition)), errors="coerce").to_numpy()
+        known = np.flatnonzero(np.isfinite(ids) & (ids >= 0))
+        _, codes = np.unique(ids[known], return_inverse=True)
+        rows.append(known)
+        nodes.append(offset + codes)
+        offset += int(codes.max()) + 1 if len(codes) else 0
+    rows_, nodes_ = np.concatenate(rows), np.concatenate(nodes)
+    graph = coo_matrix((np.ones(len(rows_)), (rows_, nodes_)), shape=(offset, offset))
+    _, labels = connected_components(graph, directed=False)
+    _, compact = np.unique(labels[:n], return_inverse=True)
+    return compact
 
 
 def paired_comparison(truth: np.ndarray, predicted_a: np.ndarray, predicted_b: np.ndarray, n_resamples: int = 1000,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, copies: np.ndarray | None = None) -> dict:
     """Accuracy and macro F1 of two models on the same images, the intervals of their differences from a
     paired stratified bootstrap, and McNemar's exact test, as JSON-ready data.
 
@@ -100,6 +135,8 @@ def paired_comparison(truth: np.ndarray, predicted_a: np.ndarray, predicted_b: n
         predicted_b: model B's, in the same image order.
         n_resamples: bootstrap resamples (0: no intervals).
         seed: their seed.
+        copies: each image's duplicate group (`align`'s group column): copies of one radiograph are
+            resampled together (see metrics.stratified_resamples); None: image by image.
 
     Returns:
         {"images", "bootstrap", "accuracy", "macro_f1", "mcnemar", "verdict"}; "accuracy" and "macro_f1"
@@ -126,7 +163,7 @@ def paired_comparison(truth: np.ndarray, predicted_a: np.ndarray, predicted_b: n
                 "difference": float((int(right_b.sum()) - int(right_a.sum())) / n), "ci_low": None, "ci_high": None}
     macro_f1 = {"a": f1_a, "b": f1_b, "difference": f1_b - f1_a, "ci_low": None, "ci_high": None}
     if n_resamples:
-        rows = stratified_resamples(truth, n_resamples, seed)
+        rows = stratified_resamples(truth, n_resamples, seed, copies)
         gaps = (right_b[rows].sum(axis=1) - right_a[rows].sum(axis=1)) / n
         f1_gaps = _macro_f1_rows(truth, predicted_b, rows, labels) - _macro_f1_rows(truth, predicted_a, rows, labels)
         tail = (1 - LEVEL) / 2 * 100
@@ -136,7 +173,7 @@ def paired_comparison(truth: np.ndarray, predicted_a: np.ndarray, predicted_b: n
     result = {
         "images": n,
         "bootstrap": {"resamples": int(n_resamples), "seed": int(seed), "level": LEVEL, "paired": True,
-                      "stratified": True},
+                      "stratified": True, "unit": resampling_unit(truth, copies)},
         "accuracy": accuracy,
         "macro_f1": macro_f1,
         "mcnemar": {"a_right_b_wrong": a_only, "a_wrong_b_right": b_only,
@@ -161,7 +198,9 @@ def comparison_lines(result: dict, name_a: str, name_b: str) -> list[str]:
     """
     counts = result["mcnemar"]
     discordant = counts["a_right_b_wrong"] + counts["a_wrong_b_right"]
-    lines = [f"images: {result['images']}, the same for both"]
+    lines = [f"images: {result['images']}, the same for both"
+             + ("; the bootstrap draws copies of one radiograph together"
+                if result["bootstrap"].get("unit") == "duplicate group" else "")]
     for label, key in (("accuracy", "accuracy"), ("macro F1", "macro_f1")):
         entry = result[key]
         interval = (f" (95 % CI {entry['ci_low']:+.3f} to {entry['ci_high']:+.3f})"
@@ -189,6 +228,10 @@ def _macro_f1_rows(truth: np.ndarray, predicted: np.ndarray, rows: np.ndarray, l
         is_true, is_guess = true == label, guess == label
         scores.append(2 * (is_true & is_guess).sum(axis=1) / (is_true.sum(axis=1) + is_guess.sum(axis=1)))
     return np.mean(scores, axis=0)
+
+
+def _with_group(frame: pd.DataFrame) -> list[str]:
+    return [*_COLUMNS, "group"] if "group" in frame.columns else list(_COLUMNS)
 
 
 def _verdict(result: dict, name_a: str, name_b: str) -> str:
