@@ -370,8 +370,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from cxr.inference.engines import load_predictor
     from cxr.inference.points import load_operating_points
     from cxr.inference.predict import format_table, operating_points_legend, predict_files
-    from cxr.inference.temperature import fitted_tta
-    from cxr.inference.tta import mismatch_note
+    from cxr.inference.tta import fitted_mismatch_notes
 
     if args.csv and Path(args.csv).exists():
         raise FileExistsError(f"{args.csv} already exists; choose a new file name")
@@ -388,10 +387,8 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"model: {predictor.path} ({predictor.engine}, {predictor.precision}{calibrated}{tta})", file=sys.stderr)
     if points:
         print(f"operating points: {points[1]}", file=sys.stderr)
-    notes = [mismatch_note("these thresholds were chosen", points[0].get("tta"), args.tta) if points else None,
-             mismatch_note("this temperature was fitted", fitted_tta(predictor.metadata["temperature_file"]), args.tta)
-             if args.calibrated else None]
-    for note in filter(None, notes):
+    for note in fitted_mismatch_notes(args.tta, predictor.metadata["temperature_file"] if args.calibrated else None,
+                                      points[0] if points else None):
         print(note, file=sys.stderr)
     frame = predict_files(predictor, args.paths, echo=lambda text: print(text, file=sys.stderr),
                           operating_points=points[0] if points else None)

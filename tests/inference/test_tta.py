@@ -60,6 +60,9 @@ def test_predict_and_evaluate_with_flip(tiny_run, phantoms, tmp_path, capsys):
     assert main(["predict", str(run), image, "--calibrated"]) == 0
     assert ("note: this temperature was fitted with --tta flip, and these predictions use --tta none: what it "
             "reached on validation may not hold (use --tta flip)" in capsys.readouterr().err)
+    assert main(["predict", str(run), image, "--operating-points", str(run)]) == 0
+    assert ("note: these thresholds were chosen with --tta flip, and these predictions use --tta none"
+            in capsys.readouterr().err)
     assert main(["predict", str(run), image, "--calibrated", "--tta", "flip"]) == 0
     assert main(["predict", str(run), image, "--operating-points", str(run), "--tta", "flip"]) == 0
     assert "note:" not in capsys.readouterr().err

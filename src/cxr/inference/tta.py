@@ -8,13 +8,14 @@ is shown. Whether that helps on radiographs, where the heart is on the left, is 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
 
 from cxr.errors import UserError
 
-__all__ = ["TTA_MODES", "check_tta", "mismatch_note", "with_tta"]
+__all__ = ["TTA_MODES", "check_tta", "fitted_mismatch_notes", "mismatch_note", "with_tta"]
 
 TTA_MODES = ("none", "flip")
 
@@ -70,3 +71,26 @@ def mismatch_note(what: str, fitted: str | None, used: str | None) -> str | None
         return None
     return (f"note: {what} with --tta {fitted}, and these predictions use --tta {used}: what it reached on "
             f"validation may not hold (use --tta {fitted})")
+
+
+def fitted_mismatch_notes(used: str | None, temperature_file: str | os.PathLike | None = None,
+                          operating_points: dict | None = None) -> list[str]:
+    """The notes `cxr predict` and `cxr serve` show when what they apply was fitted with another --tta.
+
+    Args:
+        used: the test-time augmentation of these predictions.
+        temperature_file: where the applied temperature comes from (calibration.json or a model file that
+            carries one); None when no temperature is applied.
+        operating_points: the applied thresholds (`load_operating_points`' first item; their "tta" says how
+            they were chosen); None or empty when none are applied.
+
+    Returns:
+        The notes (mismatch_note's), the temperature's first; empty when everything agrees.
+    """
+    from cxr.inference.temperature import fitted_tta  # reads model files: keep this module light
+
+    notes = [mismatch_note("this temperature was fitted", fitted_tta(temperature_file), used)
+             if temperature_file else None,
+             mismatch_note("these thresholds were chosen", operating_points.get("tta"), used)
+             if operating_points else None]
+    return [note for note in notes if note]

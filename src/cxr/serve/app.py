@@ -68,8 +68,8 @@ class ServedModel:
         model, Grad-CAM) before /readyz says ready.
         """
         from cxr.inference.engines import load_predictor
-        from cxr.inference.temperature import find_temperature, fitted_tta
-        from cxr.inference.tta import mismatch_note
+        from cxr.inference.temperature import find_temperature
+        from cxr.inference.tta import fitted_mismatch_notes
 
         try:
             self.predictor = load_predictor(self.model_path, self.engine, echo=self.notes.append, tta=self.tta)
@@ -85,11 +85,7 @@ class ServedModel:
             if found:
                 self.temperature, self.temperature_file = found
             self._load_operating_points()
-            self.notes += filter(None, [
-                mismatch_note("this temperature was fitted", fitted_tta(self.temperature_file), self.tta)
-                if self.temperature_file else None,
-                mismatch_note("these thresholds were chosen", self.operating_points.get("tta"), self.tta)
-                if self.operating_points else None])
+            self.notes += fitted_mismatch_notes(self.tta, self.temperature_file, self.operating_points)
             self.explain_note = self._explain_unavailable()
             if self.explain_note is None:
                 try:  # compiles Grad-CAM now, so that the first explain=true request is as fast as the rest

@@ -272,8 +272,7 @@ def _continuation(run: Run, config: Config, state: dict[str, Any] | None,
     """
     done = state["epoch"] if state else 0
     # The controller's stop is in the saved state even when the process died before recording the status.
-    stopped_early = state is not None and config.schedule == "adaptive" and \
-        state["adaptive"].get("reductions", 0) >= config.stop_patience
+    stopped_early = state is not None and _controller_stopped(config, state["adaptive"].get("reductions", 0), done)
     complete = state is not None and (state.get("status") in COMPLETE or done >= config.epochs or stopped_early)
     if epochs is not None:
         if epochs <= done:
@@ -585,15 +584,22 @@ def _write_described_model(run: Run, config: Config, kept: Path) -> None:
     write_keras_with_description(kept, run.model_path, description)
 
 
+def _controller_stopped(config: Config, reductions: int, done: int) -> bool:
+    """Whether the reference's controller ended training before its last epoch: `stop_patience` reductions
+    without improvement (only the adaptive schedule reduces), read from the live controller or a saved state.
+    """
+    return config.schedule == "adaptive" and reductions >= config.stop_patience and done < config.epochs
+
+
 def _status(config: Config, loop: Loop, state: dict[str, Any] | None, stopped: TrainingStopped | None, *,
             finalize: bool) -> Status:
     done = loop.checkpoint.state["epoch"]
     halted = loop.prompt is not None and loop.prompt.halted
-    early = loop.controller.reductions >= loop.controller.stop_patience and done < config.epochs
+    early = _controller_stopped(config, loop.controller.reductions, done)
     if finalize:  # a run killed before its status was written says how it ended through its controller's state
         if state["status"] in COMPLETE:
             return Status(state["status"])
-        return Status.STOPPED_EARLY if early and config.schedule == "adaptive" else Status.FINISHED
+        return Status.STOPPED_EARLY if early else Status.FINISHED
     if stopped and not (halted or early):  # a signal after the user's or the controller's decision changes nothing
         return Status(stopped.kind)
     if halted:
