@@ -116,6 +116,10 @@ def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.
     started = time.monotonic()
     if finished:  # a benchmark started again with the same --work: this run was done, keep it
         run = finished[0]
+        differ = settings_differ(run, variant, args, seed)
+        if differ:
+            raise SystemExit(f"{run} was trained with other settings ({differ}): give a new --work, or the "
+                             "settings it was started with")
     elif args.finished_only:
         return None
     else:
@@ -135,6 +139,39 @@ def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.
             "ece": (metrics.get("calibration") or {}).get("test_ece_before"),
             "first_epochs_accuracy": history["accuracy"].head(3).round(4).tolist(),
             "first_epochs_val_accuracy": history["val_accuracy"].head(3).round(4).tolist()}
+
+
+def settings_differ(run: Path, variant: Variant, args: argparse.Namespace, seed: int) -> str | None:
+    """What differs between a finished run kept under --work and the run this benchmark would train
+    (None: nothing), so that a benchmark started again with other --size or --epochs does not mix them."""
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    weights = args.weights if args.weights == "none" else Path(args.weights).name
+    wanted = {"recipe": variant.recipe, "image_size": args.size, "epochs": args.epochs, "backbone": args.backbone,
+              "seed": seed, "weights": weights}
+    found = {key: config.get(key) for key in wanted}
+    if found["weights"] != "none":
+        found["weights"] = Path(str(found["weights"])).name
+    differ = [f"{key} {found[key]} instead of {value}" for key, value in wanted.items() if found[key] != value]
+    return ", ".join(differ) or None
+
+
+def reuse_split(split: Split, split_dir: Path) -> None:
+    """Write the fold's split, or check that the one kept under --work is the same (same files in each
+    part): a benchmark started again with other --folds, --seeds or --data must not train on a stale split.
+
+    Raises:
+        SystemExit: the kept split differs, naming the folder.
+    """
+    if not (split_dir / "dataset.yaml").is_file():  # written last: a split folder without it is unfinished
+        write_split(split, split_dir)
+        return
+    for name, frame in split.frames.items():
+        kept = pd.read_csv(split_dir / f"{name}.csv", keep_default_na=False, na_values=[], dtype={"file": str})
+        if sorted(kept["file"]) != sorted(frame["file"]):
+            raise SystemExit(f"{split_dir} holds another split ({name}: {len(kept)} images kept, {len(frame)} "
+                             "now): it was made with other --folds, --seeds or --data; give a new --work")
 
 
 def summarise(rows: pd.DataFrame, baseline: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -185,8 +222,7 @@ def main() -> None:
     for seed in seeds:
         for fold, split in enumerate(folds(scan, args.folds, seed)):
             split_dir = work / f"seed{seed}-fold{fold}" / "split"
-            if not split_dir.exists():
-                write_split(split, split_dir)
+            reuse_split(split, split_dir)
             for index, variant in enumerate(chosen):
                 runs_dir = work / f"seed{seed}-fold{fold}" / f"variant{index}"
                 runs_dir.mkdir(parents=True, exist_ok=True)
