@@ -52,7 +52,7 @@ import pandas as pd  # noqa: E402
 from common import machine_info, save_result  # noqa: E402
 from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
 
-from cxr.config import RECIPES  # noqa: E402
+from cxr.config import FIELDS, RECIPES, resolve  # noqa: E402
 from cxr.data.scan import scan_dataset  # noqa: E402
 from cxr.data.split import SPLIT_COLUMNS, Split, duplicate_groups, write_split  # noqa: E402
 
@@ -104,23 +104,29 @@ def variants(recipes: list[str], ablation: bool) -> list[Variant]:
     return found
 
 
-def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.Namespace,
-              seed: int) -> dict | None:
-    """One `cxr train` in its own process; its test metrics from the run's evaluation (None: not run,
-    with --finished-only)."""
-    command = [sys.executable, "-m", "cxr", "train", "--split", str(split_dir), "--recipe", variant.recipe,
-               *variant.flags, "--runs-dir", str(runs_dir), "--name", "cv", "--image-size", str(args.size),
-               "--epochs", str(args.epochs), "--weights", args.weights, "--backbone", args.backbone,
-               "--bootstrap", "0", "--seed", str(seed), "--ask-epoch", "0", "--cache-dir", str(args.cache)]
-    finished = [p for p in runs_dir.iterdir() if (p / "eval" / "metrics.json").is_file()]
+def train_arguments(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.Namespace,
+                    seed: int) -> list[str]:
+    """The arguments of `cxr train` for one variant on one fold."""
+    return ["train", "--split", str(split_dir), "--recipe", variant.recipe, *variant.flags, "--runs-dir",
+            str(runs_dir), "--name", "cv", "--image-size", str(args.size), "--epochs", str(args.epochs), "--weights",
+            args.weights, "--backbone", args.backbone, "--bootstrap", "0", "--seed", str(seed), "--ask-epoch", "0",
+            "--cache-dir", str(args.cache)]
+
+
+def finished_run(runs_dir: Path) -> Path | None:
+    """The run under a variant's folder that finished (a benchmark started again with the same --work)."""
+    return next((p for p in sorted(runs_dir.iterdir()) if (p / "eval" / "metrics.json").is_file()), None)
+
+
+def train_one(arguments: list[str], runs_dir: Path, finished_only: bool) -> dict | None:
+    """One `cxr train` in its own process, or the run kept from an earlier start; its test metrics from the
+    run's evaluation (None: not run, with --finished-only)."""
+    command = [sys.executable, "-m", "cxr", *arguments]
+    finished = finished_run(runs_dir)
     started = time.monotonic()
-    if finished:  # a benchmark started again with the same --work: this run was done, keep it
-        run = finished[0]
-        differ = settings_differ(run, variant, args, seed)
-        if differ:
-            raise SystemExit(f"{run} was trained with other settings ({differ}): give a new --work, or the "
-                             "settings it was started with")
-    elif args.finished_only:
+    if finished:  # checked against `arguments` before any training (check_kept_runs)
+        run = finished
+    elif finished_only:
         return None
     else:
         result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -141,20 +147,45 @@ def train_one(variant: Variant, split_dir: Path, runs_dir: Path, args: argparse.
             "first_epochs_val_accuracy": history["val_accuracy"].head(3).round(4).tolist()}
 
 
-def settings_differ(run: Path, variant: Variant, args: argparse.Namespace, seed: int) -> str | None:
-    """What differs between a finished run kept under --work and the run this benchmark would train
-    (None: nothing), so that a benchmark started again with other --size or --epochs does not mix them."""
+# What makes two runs the same experiment: every ingredient of any recipe, and the protocol's settings.
+COMPARED = sorted(set().union(*RECIPES.values()) | {"recipe", "flip", "image_size", "epochs", "backbone", "seed",
+                                                     "batch_size", "learning_rate", "weights"})
+
+
+def settings_differ(run: Path, arguments: list[str]) -> str | None:
+    """What differs between a finished run kept under --work and the run `cxr train arguments` would train
+    (None: nothing), resolved by cxr's own parser and recipes, so that a benchmark started again with other
+    settings, or without --ablation (other variants in the same folders), does not mix runs. Weights files
+    are compared by name (the JSON records only the name).
+    """
     import yaml
 
+    from cxr.cli import build_parser
+
+    parsed = vars(build_parser().parse_args(arguments))
+    wanted = resolve(**{name: parsed.get(name) for name in FIELDS})
     config = yaml.safe_load((run / "config.yaml").read_text())
-    weights = args.weights if args.weights == "none" else Path(args.weights).name
-    wanted = {"recipe": variant.recipe, "image_size": args.size, "epochs": args.epochs, "backbone": args.backbone,
-              "seed": seed, "weights": weights}
-    found = {key: config.get(key) for key in wanted}
-    if found["weights"] != "none":
-        found["weights"] = Path(str(found["weights"])).name
-    differ = [f"{key} {found[key]} instead of {value}" for key, value in wanted.items() if found[key] != value]
+
+    def comparable(key: str, value):
+        return Path(str(value)).name if key == "weights" and value not in (None, "none") else value
+
+    differ = [f"{key} {comparable(key, config.get(key))} instead of {comparable(key, getattr(wanted, key))}"
+              for key in COMPARED if comparable(key, config.get(key)) != comparable(key, getattr(wanted, key))]
     return ", ".join(differ) or None
+
+
+def check_kept_runs(tasks: list[tuple]) -> None:
+    """Refuse, before anything trains, a --work whose finished runs were trained with other settings.
+
+    Raises:
+        SystemExit: naming the run and what differs.
+    """
+    for *_, arguments, runs_dir in tasks:
+        run = finished_run(runs_dir)
+        differ = run and settings_differ(run, arguments)
+        if differ:
+            raise SystemExit(f"{run} was trained with other settings ({differ}): give a new --work, or the "
+                             "settings it was started with")
 
 
 def reuse_split(split: Split, split_dir: Path) -> None:
@@ -218,7 +249,7 @@ def main() -> None:
     scan = scan_dataset(args.data, progress=False)
     chosen = variants(args.recipes.split(","), args.ablation)
     seeds = [int(s) for s in args.seeds.split(",")]
-    tasks = []  # (seed, fold, variant, split, split folder, runs folder), in report order
+    tasks = []  # (seed, fold, variant, split, cxr train's arguments, runs folder), in report order
     for seed in seeds:
         for fold, split in enumerate(folds(scan, args.folds, seed)):
             split_dir = work / f"seed{seed}-fold{fold}" / "split"
@@ -226,17 +257,19 @@ def main() -> None:
             for index, variant in enumerate(chosen):
                 runs_dir = work / f"seed{seed}-fold{fold}" / f"variant{index}"
                 runs_dir.mkdir(parents=True, exist_ok=True)
-                tasks.append((seed, fold, variant, split, split_dir, runs_dir))
+                tasks.append((seed, fold, variant, split, train_arguments(variant, split_dir, runs_dir, args, seed),
+                              runs_dir))
+    check_kept_runs(tasks)
 
     failed = threading.Event()  # a run failed: start no other (those under way finish, and are kept)
     printing = threading.Lock()
 
     def run_task(task: tuple) -> dict | None:
-        seed, fold, variant, split, split_dir, runs_dir = task
+        seed, fold, variant, split, arguments, runs_dir = task
         if failed.is_set():
             return None
         try:
-            done = train_one(variant, split_dir, runs_dir, args, seed)
+            done = train_one(arguments, runs_dir, args.finished_only)
         except BaseException:
             failed.set()
             raise

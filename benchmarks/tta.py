@@ -28,7 +28,7 @@ from common import machine_info, save_result  # noqa: E402
 
 from cxr.evaluation.evaluate import evaluate_run  # noqa: E402
 from cxr.evaluation.external import evaluate_external  # noqa: E402
-from cxr.evaluation.paired import comparison_lines, paired_comparison  # noqa: E402
+from cxr.evaluation.paired import comparison_lines, paired_comparison, shared_groups  # noqa: E402
 
 
 def _predictions(eval_dir: str, scored: str) -> pd.DataFrame:
@@ -40,7 +40,8 @@ def _paired(plain: dict, flipped: dict, scored: str, classes: list[str], resampl
     assert (a["file"] == b["file"]).all(), "the same images with and without the flip"
     index = {name: k for k, name in enumerate(classes)}
     codes = [frame.map(index).to_numpy() for frame in (a["true_label"], a["predicted_label"], b["predicted_label"])]
-    result = paired_comparison(*codes, n_resamples=resamples, seed=0)
+    groups = [frame["group"] for frame in (a, b) if "group" in frame]  # copies of one radiograph drawn together
+    result = paired_comparison(*codes, n_resamples=resamples, seed=0, copies=shared_groups(*groups) if groups else None)
     return {"images": result["images"], "eval_none": plain["eval_dir"], "eval_flip": flipped["eval_dir"],
             "accuracy": result["accuracy"], "macro_f1": result["macro_f1"], "mcnemar": result["mcnemar"],
             "verdict": comparison_lines(result, "no flip", "flip")[-1]}

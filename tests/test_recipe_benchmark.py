@@ -2,6 +2,7 @@
 what a benchmark started again with the same --work keeps. Nothing here trains: the reporting path runs
 on runs made by hand (config.yaml, history.csv, eval/metrics.json), as a stopped ablation leaves them."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -13,7 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from cxr.config import RECIPES
+from cxr.cli import build_parser
+from cxr.config import FIELDS, RECIPES, resolve
 from cxr.data.scan import scan_dataset
 from cxr.data.synthetic import write_synthetic_dataset
 
@@ -103,13 +105,15 @@ def test_a_kept_split_is_reused_only_when_it_is_the_same(dataset, tmp_path):
         recipe.reuse_split(recipe.folds(scan, 2, seed=0)[0], folder)
 
 
-def _finished_run(runs_dir, recipe_name, seed, f1, *, size=96, epochs=12):
-    """A run folder as `cxr train` leaves it, with only what the benchmark reads."""
+def _finished_run(runs_dir, recipe_name, seed, f1, *flags):
+    """A run folder as `cxr train --recipe recipe_name *flags` leaves it (with the benchmark's default size and
+    epochs), with only what the benchmark reads."""
     run = runs_dir / "20261204-000000-cv"
     (run / "eval").mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({
-        "recipe": recipe_name, "image_size": size, "epochs": epochs, "backbone": "densenet169", "seed": seed,
-        "weights": "none"}))
+    parsed = vars(build_parser().parse_args(["train", "--split", "s", "--recipe", recipe_name, *flags]))
+    config = resolve(**{**{name: parsed.get(name) for name in FIELDS}, "image_size": 96, "epochs": 12,
+                        "weights": "none", "backbone": "densenet169", "seed": seed})
+    (run / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config)))
     pd.DataFrame({"epoch": [1, 2, 3], "seconds": [10.0, 11.0, 12.0], "accuracy": [0.4, 0.6, 0.8],
                   "val_accuracy": [0.3, 0.5, 0.7]}).to_csv(run / "history.csv", index=False)
     (run / "eval" / "metrics.json").write_text(json.dumps({
@@ -146,9 +150,24 @@ def test_finished_only_reports_the_runs_kept_under_work_and_refuses_other_settin
     for row in report["runs"]:
         assert row["images"]["test"] + row["images"]["val"] + row["images"]["train"] == 63
 
-    # Started again with another --size, the kept runs are not mixed in; nor with another number of folds.
-    result = _benchmark(*arguments, "--size", "128")
+    # Started again with another --size, the kept runs are not mixed in, and nothing trains first; nor as
+    # an ablation (other variants in the same folders), nor with another number of folds.
+    result = _benchmark(*[a for a in arguments if a != "--finished-only"], "--size", "128")
+    assert result.returncode != 0 and "seed 0 fold" not in result.stdout
+    assert "variant0/20261204-000000-cv was trained with other settings (image_size 96 instead of 128)" in result.stderr
+    result = _benchmark(*arguments, "--ablation")
     assert result.returncode != 0
-    assert "was trained with other settings (image_size 96 instead of 128)" in result.stderr
+    assert ("seed0-fold0/variant0/20261204-000000-cv was trained with other settings (augment none instead of "
+            "radiograph, ") in result.stderr
+
+    # An ablation's kept runs, each with its ingredient set back, are all reused.
+    ablation = tmp_path / "ablation"
+    for index, variant in enumerate(recipe.variants(["augmented-cosine"], ablation=True)):
+        _finished_run(ablation / "seed0-fold0" / f"variant{index}", variant.recipe, 0, 0.5 + index / 100,
+                      *variant.flags)
+    result = _benchmark("--data", str(dataset), "--seeds", "0", "--folds", "3", "--work", str(ablation), "--out",
+                        str(out), "--finished-only", "--ablation")
+    assert result.returncode == 0, result.stderr
+    assert "partial: 10 of 30 planned runs finished" in result.stdout
     result = _benchmark(*[a if a != "3" else "2" for a in arguments])
     assert result.returncode != 0 and "holds another split" in result.stderr

@@ -284,6 +284,8 @@ def test_shared_groups_join_rows_that_share_a_group_in_either_table():
     assert groups.tolist() == [0, 0, 0, 1, 2, 2]
     assert shared_groups(pd.Series([5, 3, 5, 4])).tolist() == [0, 1, 0, 2]  # one table; ids in order of rows
     assert shared_groups(np.array([-1, -1, 2])).tolist() == [0, 1, 2]  # unknown rows stand alone
+    # A hand-made file may name patients, or leave a row blank (read back as "" or NaN).
+    assert shared_groups(pd.Series(["p7", "p3", "p7", "", np.nan])).tolist() == [0, 1, 0, 2, 3]
 
 
 def test_align_carries_the_duplicate_groups_of_either_table():

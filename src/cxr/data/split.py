@@ -23,8 +23,8 @@ from cxr import files
 from cxr.data.scan import SKIPPED_COLUMNS, Scan
 from cxr.errors import DatasetError
 
-__all__ = ["assign_splits", "DUPLICATE_COLUMNS", "duplicate_groups", "HASH_COLUMNS", "hash_words", "make_split",
-           "read_split", "Split", "SPLIT_COLUMNS", "SPLITS", "write_split"]
+__all__ = ["assign_splits", "DUPLICATE_COLUMNS", "duplicate_groups", "group_ids", "HASH_COLUMNS", "hash_words",
+           "make_split", "read_split", "Split", "SPLIT_COLUMNS", "SPLITS", "write_split"]
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["file", "label", "group"]
@@ -187,9 +187,16 @@ def _read_optional(path: Path, columns: list[str]) -> pd.DataFrame:
     return _read_csv(path, dtype={"file": str, "label": str}) if path.is_file() else pd.DataFrame(columns=columns)
 
 
-def _group_ids(column: pd.Series) -> np.ndarray:
-    """A split's `group` column as integers, -1 where blank: as written by write_split, or by hand with numbers
-    or names (a patient id, say), which are numbered in order of appearance.
+def group_ids(column: pd.Series) -> np.ndarray:
+    """A split's (or a predictions file's) `group` column as integers, -1 where blank: as written by
+    write_split, or by hand with numbers or names (a patient id, say), which are numbered in order of
+    appearance.
+
+    Args:
+        column: the group of each row, as read from a CSV file (numbers, names or blanks).
+
+    Returns:
+        One integer per row; -1 where the group is blank.
     """
     text = column.astype(str).str.strip()
     blank = text.isin(["", "nan"])
@@ -212,7 +219,7 @@ def read_split(folder: str | os.PathLike) -> Split:
         missing = {"file", "label"} - set(frame.columns)
         if missing:
             raise DatasetError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-        frame["group"] = _group_ids(frame["group"]) if "group" in frame.columns else -1
+        frame["group"] = group_ids(frame["group"]) if "group" in frame.columns else -1
         frames[name] = frame[SPLIT_COLUMNS]
     dataset_path = folder / "dataset.yaml"
     dataset = yaml.safe_load(dataset_path.read_text(encoding="utf-8")) if dataset_path.is_file() else {}

@@ -16,6 +16,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.stats import binomtest
 from sklearn.metrics import f1_score
 
+from cxr.data.split import group_ids
 from cxr.evaluation.metrics import resampling_unit, stratified_resamples
 
 __all__ = ["MCNEMAR_TEST", "align", "comparison_lines", "mcnemar_exact", "paired_comparison", "shared_groups"]
@@ -97,7 +98,8 @@ def align(frame_a: pd.DataFrame, frame_b: pd.DataFrame, name_a: str = "A",
 
 def shared_groups(*partitions: pd.Series | np.ndarray) -> np.ndarray:
     """One duplicate group per row such that rows sharing a group in any of the partitions share one here
-    (the connected components of "same group somewhere"). Negative or missing ids: not known to be copies.
+    (the connected components of "same group somewhere"). Ids may be numbers or names (cxr writes numbers; a
+    hand-made file may name patients); negative or blank ids: not known to be copies.
 
     Args:
         partitions: group ids of the same rows, one array per table.
@@ -108,8 +110,8 @@ def shared_groups(*partitions: pd.Series | np.ndarray) -> np.ndarray:
     n = len(partitions[0])
     rows, nodes, offset = [], [], n
     for partition in partitions:
-        ids = pd.to_numeric(pd.Series(np.asarray(partition)), errors="coerce").to_numpy()
-        known = np.flatnonzero(np.isfinite(ids) & (ids >= 0))
+        ids = group_ids(pd.Series(np.asarray(partition)))  # numbers or names (a patient id), blanks
+        known = np.flatnonzero(ids >= 0)
         _, codes = np.unique(ids[known], return_inverse=True)
         rows.append(known)
         nodes.append(offset + codes)
