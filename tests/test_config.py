@@ -107,3 +107,12 @@ def test_the_cpu_record_says_when_onednn_is_capped_to_an_older_instruction_set(m
     assert cpu()["onednn_max_isa"] is None
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert cpu()["onednn_max_isa"] == "AVX2"
+
+
+def test_the_record_says_when_glibcs_allocator_is_tuned(monkeypatch):
+    from cxr.environment import record
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert record()["glibc_tunables"] is None
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=131072")
+    assert record()["glibc_tunables"] == "glibc.malloc.mmap_threshold=131072"

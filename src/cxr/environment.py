@@ -85,12 +85,15 @@ def cpu() -> dict[str, object]:
 
 def record() -> dict[str, object]:
     """What a run's config.yaml and every evaluation and benchmark keep: the software, the memory
-    allocator the process runs with (see cxr.allocator), the CPU, and the threads (cxr.threads).
+    allocator the process runs with (see cxr.allocator) and the GLIBC_TUNABLES that change glibc's (None:
+    none set; benchmarks/training.py uses them to stand in for a machine whose allocator returns memory at
+    every step), the CPU, and the threads (cxr.threads).
     """
     from cxr import threads
     from cxr.allocator import active
 
-    return {**software(), "allocator": active(), "cpu": cpu(), "threads": threads.record()}
+    return {**software(), "allocator": active(), "glibc_tunables": os.environ.get("GLIBC_TUNABLES") or None,
+            "cpu": cpu(), "threads": threads.record()}
 
 
 def version_line() -> str:
