@@ -54,6 +54,7 @@ def test_train_evaluate_predict_on_the_real_sample(sample, tmp_path, backend):
     assert run.name.endswith("-e2e")
     assert "epoch 1/2" in printed and "epoch 2/2" in printed and f"backend {backend}" in printed
     assert "13,076,547 parameters" in printed  # DenseNet169 + head for the sample's 3 classes
+    assert "starting from random weights (--weights none: from scratch)" in printed
 
     history = pd.read_csv(run / "history.csv")
     assert history["epoch"].tolist() == [1, 2] and history["val_loss"].notna().all()

@@ -151,3 +151,11 @@ def test_predict_array_calls_the_model_with_one_shape_and_returns_one_row_per_im
     np.testing.assert_array_equal(outputs[:, 0], images.reshape(70, -1).mean(axis=1))
     few = ShapeRecorder()
     assert predict_array(few, images[:5], batch_size=32).shape == (5, 2) and few.shapes == [(5, 2, 2, 1)]
+
+
+def test_a_runs_log_says_what_its_weights_start_from(tmp_path):
+    from cxr.model import describe_weights
+
+    assert describe_weights("none") == "random weights (--weights none: from scratch)"
+    assert describe_weights("imagenet") == "ImageNet weights (Keras' DenseNet169 file, downloaded once)"
+    assert describe_weights(str(tmp_path / "w.h5")) == f"the DenseNet169 weights in {tmp_path / 'w.h5'}"

@@ -23,7 +23,7 @@ from cxr.config import AUGMENTATIONS, BACKBONES
 from cxr.errors import WeightsError
 from cxr.precision import precision_scope
 
-__all__ = ["allow_jit", "augmentation", "build_model", "compile_model", "DENSENET169_NOTOP_FILE",
+__all__ = ["allow_jit", "augmentation", "build_model", "compile_model", "DENSENET169_NOTOP_FILE", "describe_weights",
            "DENSENET169_NOTOP_MD5", "DENSENET169_NOTOP_URL", "head", "IMAGENET_MEAN", "IMAGENET_STD",
            "imagenet_weights_path", "LAST_CONV_LAYER", "load_backbone_weights", "load_model", "predict_array",
            "preprocess", "resolve_weights", "warmup_cosine"]
@@ -145,6 +145,23 @@ def resolve_weights(weights: str | os.PathLike | None, backbone: str = "densenet
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     return path
+
+
+def describe_weights(weights: str | os.PathLike | None) -> str:
+    """What a new run starts from, for its log: a user who meant to fine-tune must see at once that a run
+    is training from scratch (or from which file).
+
+    Args:
+        weights: the `--weights` value.
+
+    Returns:
+        One phrase, e.g. "random weights (--weights none: from scratch)".
+    """
+    if weights in (None, "none"):
+        return "random weights (--weights none: from scratch)"
+    if weights == "imagenet":
+        return "ImageNet weights (Keras' DenseNet169 file, downloaded once)"
+    return f"the DenseNet169 weights in {Path(weights).expanduser()}"
 
 
 def load_backbone_weights(model: keras.Model, path: str | os.PathLike, image_size: int) -> None:

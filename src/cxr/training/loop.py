@@ -35,7 +35,7 @@ from cxr.data.split import SPLITS, Split
 from cxr.environment import record
 from cxr.errors import ConfigError, DatasetError, UserError
 from cxr.evaluation.evaluate import evaluate_run
-from cxr.model import build_model, compile_model, load_model, resolve_weights, warmup_cosine
+from cxr.model import build_model, compile_model, describe_weights, load_model, resolve_weights, warmup_cosine
 from cxr.model_metadata import describe, write_keras_with_description
 from cxr.precision import hardware_note, model_precision
 from cxr.run import Run
@@ -381,6 +381,8 @@ def _build_or_restore(source: Run, config: Config, state: dict[str, Any] | None,
             if note:
                 echo(f"note: {note}")
             weights = "none" if config.init_from else config.weights
+            if not config.init_from:  # initialise_from says what it copies from the parent run
+                echo(f"starting from {describe_weights(weights)}")
             model = build_model(len(config.classes), config.image_size, weights, config.backbone,
                                 config.bn_momentum, config.precision, flip=config.flip, augment=config.augment)
             if config.init_from:
