@@ -32,6 +32,27 @@ def test_the_window_from_the_file_is_applied():
     assert (narrow[30] == 0).sum() > (wide[30] == 0).sum() and (narrow[30] == 255).sum() > (wide[30] == 255).sum()
 
 
+def test_an_image_that_fills_part_of_its_window_is_as_grey_as_a_viewer_shows_it():
+    # Values 900-1100 under the window 800-1200: a viewer maps 800 to black and 1200 to white, so the image
+    # spans about 64-191, not 0-255 (stretching it over its own range would double its contrast).
+    pixels = np.tile(np.linspace(900, 1100, 50), (40, 1)).round().astype(np.uint16)
+    gray = decode_gray(dicom_bytes(pixels, window=(1000, 400)))
+    expected = ((pixels.astype(float) - 999.5) / 399 + 0.5) * 255  # DICOM's linear window (PS3.3 C.11.2.1.2)
+    np.testing.assert_allclose(gray, expected, atol=1)
+    assert 62 <= gray.min() <= 66 and 189 <= gray.max() <= 193
+    # Without a window the file's own range is the grey scale, as before.
+    plain = decode_gray(dicom_bytes(pixels))
+    assert plain.min() == 0 and plain.max() == 255
+    # A VOI LUT (here linear over 0-4095 to 16 bits) likewise: values 1000-3000 show as about 62-187.
+    from pydicom.dataset import Dataset
+
+    lut = Dataset()
+    lut.LUTDescriptor, lut.LUTData = [4096, 0, 16], np.linspace(0, 65535, 4096).round().astype("<u2").tobytes()
+    wide = np.tile(np.linspace(1000, 3000, 50), (40, 1)).round().astype(np.uint16)
+    looked_up = decode_gray(dicom_bytes(wide, VOILUTSequence=[lut]))
+    np.testing.assert_allclose(looked_up, wide / 4095 * 255, atol=1)
+
+
 def test_jpeg_baseline_compressed_pixel_data_is_decoded():
     image = cv2.resize(np.tile(np.arange(256, dtype=np.uint8), (64, 1)), (64, 64))
     ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])

@@ -1,9 +1,11 @@
 """DICOM radiographs to the model's 8-bit grayscale, as a radiologist's viewer would show them.
 
-The modality LUT (rescale slope/intercept) and then the VOI LUT or window from the file are applied,
-the result is scaled to 0-255 over its own range, and MONOCHROME1 (white = low values) is inverted so
-that bone is always bright. Compressed pixel data (JPEG baseline and others) is decoded by pydicom's
-pylibjpeg plugins. Files with no pixel data or several frames are refused with the reason.
+The modality LUT (rescale slope/intercept) and then the VOI LUT or window from the file are applied and
+the window's output range becomes 0-255, as a viewer shows it (an image that fills only part of its
+window stays as grey as it looks there); a file without a window is scaled over its own range.
+MONOCHROME1 (white = low values) is inverted so that bone is always bright. Compressed pixel data (JPEG
+baseline and others) is decoded by pydicom's pylibjpeg plugins. Files with no pixel data or several frames
+are refused with the reason.
 """
 
 from __future__ import annotations
@@ -50,9 +52,25 @@ def decode_dicom(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray
     photometric = str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2"))
     if pixels.ndim == 3:  # colour (RGB, YBR): a plain luminance
         pixels = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        low, high = float(pixels.min()), float(pixels.max())
     else:
         pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
-    low, high = float(pixels.min()), float(pixels.max())
+        low, high = _window_output(dataset, apply_voi_lut) or (float(pixels.min()), float(pixels.max()))
     scaled = np.zeros(pixels.shape) if high <= low else (pixels - low) * (255.0 / (high - low))
     gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     return 255 - gray if photometric == "MONOCHROME1" else gray
+
+
+def _window_output(dataset, apply_voi_lut) -> tuple[float, float] | None:
+    """The range a file's VOI LUT or window maps into (what a viewer shows as black and white), found by
+    passing values far below and above every stored value through pydicom's own apply_voi_lut, which clips
+    them to its ends; None when the file has neither.
+    """
+    if not ("VOILUTSequence" in dataset or ("WindowCenter" in dataset and "WindowWidth" in dataset)):
+        return None
+    extremes = np.array([-(2 ** 31), 2 ** 31 - 1], dtype=np.int64)
+    try:
+        low, high = (float(value) for value in apply_voi_lut(extremes, dataset))
+    except Exception:  # a LUT or window pydicom cannot apply to these: fall back to the image's own range
+        return None
+    return (low, high) if high > low else None
