@@ -26,7 +26,7 @@ from cxr.errors import DatasetError, ImageError
 __all__ = ["CACHE_FORMAT", "cache_key", "cached_images", "decode_into", "load_split_images", "resolve_cache_dir",
            "unreadable_images"]
 
-CACHE_FORMAT = 2  # 2: JPEGs upright by their EXIF orientation
+CACHE_FORMAT = 3  # 2: JPEGs upright by their EXIF orientation; 3: DICOM windows as a viewer shows them
 
 
 def decode_into(
