@@ -157,5 +157,7 @@ def test_a_runs_log_says_what_its_weights_start_from(tmp_path):
     from cxr.model import describe_weights
 
     assert describe_weights("none") == "random weights (--weights none: from scratch)"
-    assert describe_weights("imagenet") == "ImageNet weights (Keras' DenseNet169 file, downloaded once)"
-    assert describe_weights(str(tmp_path / "w.h5")) == f"the DenseNet169 weights in {tmp_path / 'w.h5'}"
+    assert describe_weights("imagenet") == ("ImageNet weights for the DenseNet169 backbone (Keras' file, downloaded "
+                                            "once); the head starts random")
+    assert describe_weights(str(tmp_path / "w.h5")) == (f"the DenseNet169 backbone weights in {tmp_path / 'w.h5'}; "
+                                                        "the head starts random")

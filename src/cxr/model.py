@@ -160,8 +160,8 @@ def describe_weights(weights: str | os.PathLike | None) -> str:
     if weights in (None, "none"):
         return "random weights (--weights none: from scratch)"
     if weights == "imagenet":
-        return "ImageNet weights (Keras' DenseNet169 file, downloaded once)"
-    return f"the DenseNet169 weights in {Path(weights).expanduser()}"
+        return "ImageNet weights for the DenseNet169 backbone (Keras' file, downloaded once); the head starts random"
+    return f"the DenseNet169 backbone weights in {Path(weights).expanduser()}; the head starts random"
 
 
 def load_backbone_weights(model: keras.Model, path: str | os.PathLike, image_size: int) -> None:

@@ -1,5 +1,6 @@
 """DICOM input: made by the tests with pydicom, read through the same loader as PNG and JPEG."""
 
+import warnings
 
 import cv2
 import numpy as np
@@ -51,6 +52,35 @@ def test_an_image_that_fills_part_of_its_window_is_as_grey_as_a_viewer_shows_it(
     wide = np.tile(np.linspace(1000, 3000, 50), (40, 1)).round().astype(np.uint16)
     looked_up = decode_gray(dicom_bytes(wide, VOILUTSequence=[lut]))
     np.testing.assert_allclose(looked_up, wide / 4095 * 255, atol=1)
+
+
+@pytest.mark.parametrize("tags", [
+    {"WindowCenter": None, "WindowWidth": None},  # present but blank
+    {"VOILUTSequence": []},  # present but empty
+    {"WindowCenter": 1000, "WindowWidth": 0.5},  # a width pydicom refuses (viewers take 1)
+])
+def test_a_blank_or_unusable_window_leaves_the_image_as_if_it_had_none(tags):
+    # Before: a blank window scaled every image over +-2^31 to one flat grey (and every such file hashed
+    # alike), and a width pydicom refuses stopped the whole scan with a traceback.
+    np.testing.assert_array_equal(decode_gray(dicom_bytes(ramp12(), **tags)), decode_gray(dicom_bytes(ramp12())))
+
+
+def test_a_signed_lut_and_a_sigmoid_window_map_to_their_own_ends():
+    from pydicom.dataset import Dataset
+
+    # Signed values -1848..1952 through a LUT over -1024..1023: the LUT's ends are black and white, and
+    # values beyond it clip there (the upper end was read from inside the LUT before).
+    signed = (ramp12().astype(np.int32) - 2048).astype(np.int16)
+    lut = Dataset()
+    lut.LUTDescriptor, lut.LUTData = [2048, -1024, 16], np.linspace(0, 65535, 2048).round().astype("<u2").tobytes()
+    gray = decode_gray(dicom_bytes(signed, VOILUTSequence=[lut], PixelRepresentation=1))
+    inside = (signed >= -1024) & (signed <= 1023)
+    np.testing.assert_allclose(gray[inside], (signed[inside] + 1024) / 2047 * 255, atol=1)
+    assert (gray[signed < -1024] == 0).all() and (gray[signed > 1023] == 255).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow in exp() for a sigmoid window
+        sigmoid = decode_gray(dicom_bytes(ramp12(), window=(2000, 1000), VOILUTFunction="SIGMOID"))
+    assert sigmoid.min() < 40 and sigmoid.max() > 215
 
 
 def test_jpeg_baseline_compressed_pixel_data_is_decoded():

@@ -54,23 +54,33 @@ def decode_dicom(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray
         pixels = pixels.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         low, high = float(pixels.min()), float(pixels.max())
     else:
-        pixels = apply_voi_lut(apply_modality_lut(pixels, dataset), dataset).astype(np.float64)
-        low, high = _window_output(dataset, apply_voi_lut) or (float(pixels.min()), float(pixels.max()))
+        stored = apply_modality_lut(pixels, dataset)
+        try:
+            pixels = apply_voi_lut(stored, dataset).astype(np.float64)
+            window = _window_output(dataset, apply_voi_lut)
+        except Exception:  # a window pydicom refuses (width < 1, say): the image without it, as a viewer falls back
+            pixels, window = np.asarray(stored, dtype=np.float64), None
+        low, high = window or (float(pixels.min()), float(pixels.max()))
     scaled = np.zeros(pixels.shape) if high <= low else (pixels - low) * (255.0 / (high - low))
     gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     return 255 - gray if photometric == "MONOCHROME1" else gray
 
 
 def _window_output(dataset, apply_voi_lut) -> tuple[float, float] | None:
-    """The range a file's VOI LUT or window maps into (what a viewer shows as black and white), found by
-    passing values far below and above every stored value through pydicom's own apply_voi_lut, which clips
-    them to its ends; None when the file has neither.
+    """The range a file's VOI LUT or window maps into (what a viewer shows as black and white), from pydicom's
+    own apply_voi_lut: a window clips -inf and +inf to its ends; a LUT maps its first and last entry. None when
+    the file has neither, or only empty ones (pydicom then returns its input unchanged).
     """
-    if not ("VOILUTSequence" in dataset or ("WindowCenter" in dataset and "WindowWidth" in dataset)):
+    sequence = dataset.get("VOILUTSequence")
+    if sequence and "LUTDescriptor" in sequence[0] and "LUTData" in sequence[0]:
+        entries, first = int(sequence[0].LUTDescriptor[0]) or 65536, int(sequence[0].LUTDescriptor[1])
+        probe = np.array([first, first + entries - 1], dtype=np.int64)
+    elif dataset.get("WindowCenter") is not None and dataset.get("WindowWidth") is not None:
+        probe = np.array([-np.inf, np.inf])
+    else:
         return None
-    extremes = np.array([-(2 ** 31), 2 ** 31 - 1], dtype=np.int64)
-    try:
-        low, high = (float(value) for value in apply_voi_lut(extremes, dataset))
-    except Exception:  # a LUT or window pydicom cannot apply to these: fall back to the image's own range
+    ends = np.asarray(apply_voi_lut(probe, dataset), dtype=np.float64)
+    if ends is probe or not np.isfinite(ends).all():  # pydicom applied nothing (an empty window or LUT)
         return None
+    low, high = float(ends.min()), float(ends.max())
     return (low, high) if high > low else None
