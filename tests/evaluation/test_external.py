@@ -102,6 +102,24 @@ def test_external_evaluation_finds_planted_copies_and_leaves_out_train_and_val_o
     assert "all are kept in the metrics (--keep-overlap)" in capsys.readouterr().out
 
 
+def test_copies_within_the_external_folder_are_resampled_together(run, tmp_path):
+    root = write_synthetic_dataset(tmp_path / "site-b", per_class=6, size=64, seed=12)
+    originals = sorted((root / "COVID" / "images").iterdir())[:2]
+    for original in originals:  # two radiographs of this folder present twice, under other names
+        shutil.copy(original, original.with_name(f"again-{original.name}"))
+    lines = []
+    metrics = evaluate_external(run, root, "site-b", progress=False, echo=lines.append, bootstrap=50)
+    scored = pd.read_csv(run / "external-site-b" / "predictions_external.csv").set_index("file")
+    for original in originals:
+        name = f"COVID/images/{original.name}"
+        assert scored.loc[name, "group"] == scored.loc[f"COVID/images/again-{original.name}", "group"]
+    assert scored["group"].nunique() == len(scored) - 2
+    assert metrics["external"]["copy_groups"] == {"groups": 2, "images": 4}
+    assert metrics["clinical"]["bootstrap"]["unit"] == "duplicate group"
+    assert "copies within the folder: 2 group(s) of one radiograph (4 images); the bootstrap draws each group as " \
+        "one" in lines
+
+
 def test_a_subset_of_classes_is_scored_on_those_classes(run, tmp_path):
     root = write_synthetic_dataset(tmp_path / "two", per_class=5, size=64, seed=12)
     for name in ("Lung_Opacity", "Viral Pneumonia"):

@@ -19,6 +19,7 @@ import pandas as pd
 from cxr import files
 from cxr.data.cache import load_split_images
 from cxr.data.scan import Scan, scan_dataset
+from cxr.data.split import duplicate_groups
 from cxr.environment import record
 from cxr.errors import DatasetError
 from cxr.evaluation import calibration, leakage, operating_points, sources
@@ -94,7 +95,13 @@ def evaluate_external(
     checked = leakage.overlap_summary(overlap, len(external), config.duplicate_distance, keep_overlap)
     echo(f"leakage check: {checked['summary']}")
     excluded = set() if keep_overlap else set(overlap.loc[overlap["run_split"].isin(leakage.EXCLUDED_SPLITS), "file"])
-    scored_frame = external[~external["file"].isin(excluded)].reset_index(drop=True)[["file", "label"]]
+    # Copies within the folder itself (as `cxr split` finds them) are resampled together by the bootstrap.
+    external = external.assign(group=duplicate_groups(external, config.duplicate_distance)[0])
+    repeated = external["group"].value_counts()
+    if (repeated > 1).any():
+        echo(f"copies within the folder: {int((repeated > 1).sum())} group(s) of one radiograph "
+             f"({int(repeated[repeated > 1].sum())} images); the bootstrap draws each group as one")
+    scored_frame = external[~external["file"].isin(excluded)].reset_index(drop=True)[["file", "label", "group"]]
     if scored_frame.empty:
         raise DatasetError(f"every image in {scan.root} is a copy of one of the run's training or validation "
                            "images (see the leakage check above); nothing external is left to evaluate")
@@ -153,10 +160,13 @@ def match_classes(folders: list[str], classes: list[str], root: str | os.PathLik
 
 def _description(scan: Scan, name: str | None, external: pd.DataFrame, scored: pd.DataFrame, checked: dict) -> dict:
     counts = scored["label"].value_counts()
+    sizes = scored["group"].value_counts()
     return {"data": str(scan.root), "name": name or scan.root.name, "layout": scan.layout,
             "folders": list(scan.classes), "images_found": int(len(external)), "unreadable": int(len(scan.skipped)),
             "scored": int(len(scored)), "per_class": {label: int(counts[label]) for label in sorted(counts.index)},
-            "overlap": checked}
+            "overlap": checked,
+            # Copies of one radiograph among the scored images: the bootstrap draws each group as one.
+            "copy_groups": {"groups": int((sizes > 1).sum()), "images": int(sizes[sizes > 1].sum())}}
 
 
 def compute_external_metrics(scored: Predictions, classes: list[str], run: Run, *, resamples: int, seed: int,
@@ -181,12 +191,13 @@ def compute_external_metrics(scored: Predictions, classes: list[str], run: Run, 
     """
     n_classes = len(classes)
     truth, probabilities = scored.truth, scored.probabilities
+    copies = scored.frame["group"].to_numpy() if "group" in scored.frame else None  # resampled together
     metrics: dict = {"scored": SCORED,
                      "splits": {SCORED: {"images": int(len(truth)),
                                          "loss": cross_entropy(truth, probabilities, n_classes),
                                          "accuracy": float(np.mean(probabilities.argmax(axis=1) == truth))}},
                      "clinical": {"split": SCORED, **clinical_metrics(truth, probabilities, classes, resamples, seed,
-                                                                      present_only=True)}}
+                                                                      present_only=True, copies=copies)}}
     found = run.temperature()
     if found is not None:
         metrics["calibration"] = calibration.applied_record(truth, probabilities, found[0], str(found[1]))
@@ -198,7 +209,7 @@ def compute_external_metrics(scored: Predictions, classes: list[str], run: Run, 
             "note": (f"thresholds chosen with test-time augmentation {chosen.get('tta', 'none')!r}, applied here "
                      f"to {tta!r}" if chosen.get("tta", "none") != tta else None),
             "results": operating_points.evaluate_at_thresholds(truth, probabilities, classes, chosen, resamples,
-                                                               seed)}
+                                                               seed, copies=copies)}
     metrics["sources"] = _source_audit(source_map, scored, classes)
     return metrics
 
