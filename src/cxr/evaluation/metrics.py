@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 
 __all__ = ["HEADLINE", "OVERALL", "PER_CLASS", "bootstrap_intervals", "clinical_metrics", "format_interval",
-           "per_class_frame", "point_metrics", "resampling_unit", "stratified_resamples"]
+           "per_class_frame", "point_metrics", "resampling_unit", "stratified_resamples", "unit_sentence"]
 
 PER_CLASS = ("sensitivity", "specificity", "precision", "f1", "roc_auc", "pr_auc")
 OVERALL = ("accuracy", "balanced_accuracy", "cohen_kappa")
@@ -134,6 +134,13 @@ def resampling_unit(truth: np.ndarray, copies: np.ndarray | None) -> str:
     labels = np.unique(np.asarray(truth))
     has_copies = any(_copy_groups(np.flatnonzero(truth == label), copies) is not None for label in labels)
     return "duplicate group" if has_copies else "image"
+
+
+def unit_sentence(bootstrap: dict) -> str:
+    """What a report adds about a bootstrap record's unit: a sentence when copies were drawn together."""
+    if bootstrap.get("unit") != "duplicate group":
+        return ""
+    return " Copies of one radiograph (the split's duplicate groups) are drawn together."
 
 
 def _draw(rng: np.random.Generator, rows: np.ndarray, groups: list[np.ndarray] | None) -> np.ndarray:

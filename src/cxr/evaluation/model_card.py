@@ -13,7 +13,7 @@ import pandas as pd
 
 from cxr import files
 from cxr.evaluation.calibration import ece_pair
-from cxr.evaluation.metrics import HEADLINE, format_interval
+from cxr.evaluation.metrics import HEADLINE, format_interval, unit_sentence
 from cxr.model_metadata import INPUT_CONTRACT
 from cxr.run import EvalDir, Run
 
@@ -125,7 +125,8 @@ def _evaluation(metrics: dict) -> str:
     boot = clinical["bootstrap"]
     rows = [[label, format_interval(clinical[group][name])] for label, group, name in HEADLINE]
     text = (f"## Evaluation\n\nOn {where}: {metrics['splits'][scored]['images']} images. 95 % intervals from "
-            f"{boot['resamples']} stratified bootstrap resamples.\n\n" + _table(["metric", "value (95 % CI)"], rows))
+            f"{boot['resamples']} stratified bootstrap resamples.{unit_sentence(boot)}\n\n"
+            + _table(["metric", "value (95 % CI)"], rows))
     text += "\n\n" + _table(["class", "images", "sensitivity", "specificity", "precision", "F1"],
                             [[label, values["support"], *(format_interval(values[m]) for m in
                                                           ("sensitivity", "specificity", "precision", "f1"))]

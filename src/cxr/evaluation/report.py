@@ -16,7 +16,7 @@ import yaml
 
 from cxr import files
 from cxr.evaluation.calibration import ece_pair
-from cxr.evaluation.metrics import HEADLINE, PER_CLASS, format_interval
+from cxr.evaluation.metrics import HEADLINE, PER_CLASS, format_interval, unit_sentence
 from cxr.run import EvalDir
 
 __all__ = ["build_report", "write_report"]
@@ -170,7 +170,8 @@ def build_report(metrics: dict, config: dict, split, eval_dir: EvalDir) -> str:
                                                                 "mirror image (test-time flip).")
         parts += [f"<h2>{_e(scored.capitalize())} set: {metrics['splits'][scored]['images']} images</h2>",
                   f"<p>95 % intervals from {boot['resamples']} stratified bootstrap resamples (seed "
-                  f"{boot['seed']}).{tta}</p>", _table(["metric", "value (95 % CI)"], headline, "headline")]
+                  f"{boot['seed']}).{unit_sentence(boot)}{tta}</p>",
+                  _table(["metric", "value (95 % CI)"], headline, "headline")]
     parts.append(_operating_points_section(metrics.get("operating_points")))
     audit = metrics.get("sources")
     if audit:
