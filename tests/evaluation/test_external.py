@@ -116,7 +116,7 @@ def test_copies_within_the_external_folder_are_resampled_together(run, tmp_path)
     assert scored["group"].nunique() == len(scored) - 2
     assert metrics["external"]["copy_groups"] == {"groups": 2, "images": 4}
     assert metrics["clinical"]["bootstrap"]["unit"] == "duplicate group"
-    said = "Copies of one radiograph (the split's duplicate groups) are drawn together."
+    said = "Copies of one radiograph (found by perceptual hash, as the split finds them) are drawn together."
     assert said in (run / "external-site-b" / "report.html").read_text()
     assert said in (run / "external-site-b" / "MODEL_CARD.md").read_text()
     assert "copies within the folder: 2 group(s) of one radiograph (4 images); the bootstrap draws each group as " \

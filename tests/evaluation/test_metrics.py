@@ -141,3 +141,13 @@ def test_present_only_reports_and_averages_the_classes_the_set_has():
     assert result["overall"]["accuracy"]["value"] == pytest.approx(0.75)
     everything = clinical_metrics(truth, probabilities, ["A", "B", "C"], n_resamples=0)
     assert everything["averaged_over"] == ["A", "B", "C"] and len(everything["per_class"]) == 3
+
+
+def test_format_interval_writes_three_decimals_and_no_negative_zero():
+    from cxr.evaluation.metrics import format_interval
+
+    assert format_interval({"value": 0.84449, "ci_low": 0.7331, "ci_high": 0.9333}) == "0.844 (0.733-0.933)"
+    # Cohen's kappa of a model that always answers one class: zero, computed as -1e-17 on some resamples.
+    assert format_interval({"value": -1e-17, "ci_low": -2e-4, "ci_high": 0.0}) == "0.000 (0.000-0.000)"
+    assert format_interval({"value": -0.25, "ci_low": None}) == "-0.250"
+    assert format_interval({"value": None}) == "n/a" and format_interval(None, missing="undefined") == "undefined"

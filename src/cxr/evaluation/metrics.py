@@ -140,7 +140,7 @@ def unit_sentence(bootstrap: dict) -> str:
     """What a report adds about a bootstrap record's unit: a sentence when copies were drawn together."""
     if bootstrap.get("unit") != "duplicate group":
         return ""
-    return " Copies of one radiograph (the split's duplicate groups) are drawn together."
+    return " Copies of one radiograph (found by perceptual hash, as the split finds them) are drawn together."
 
 
 def _draw(rng: np.random.Generator, rows: np.ndarray, groups: list[np.ndarray] | None) -> np.ndarray:
@@ -233,8 +233,14 @@ def format_interval(entry: dict | None, missing: str = "n/a", interval: str = " 
     if not entry or entry.get("value") is None:
         return missing
     if entry.get("ci_low") is None:
-        return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f}" + interval.format(low=f"{entry['ci_low']:.3f}", high=f"{entry['ci_high']:.3f}")
+        return _three(entry["value"])
+    return _three(entry["value"]) + interval.format(low=_three(entry["ci_low"]), high=_three(entry["ci_high"]))
+
+
+def _three(value: float) -> str:
+    """Three decimals, without the sign of a value that rounds to zero (kappa's -1e-17 is 0.000, not -0.000)."""
+    text = f"{value:.3f}"
+    return "0.000" if text == "-0.000" else text
 
 
 def _json_number(value: float) -> float | None:
