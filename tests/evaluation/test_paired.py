@@ -5,14 +5,16 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binomtest, chi2
 from sklearn.metrics import f1_score
 
 from cxr.evaluation.metrics import stratified_resamples
 from cxr.evaluation.paired import (
+    CLUSTERED_MCNEMAR_TEST,
     MCNEMAR_TEST,
     align,
     comparison_lines,
+    mcnemar_clustered,
     mcnemar_exact,
     paired_comparison,
     shared_groups,
@@ -320,3 +322,28 @@ def test_the_paired_interval_is_not_narrowed_by_copies():
     assert comparison_lines(grouped, "A", "B")[0] == ("images: 200, the same for both; the bootstrap draws copies "
                                                       "of one radiograph together")
     assert comparison_lines(naive, "A", "B")[0] == "images: 200, the same for both"
+
+
+def test_the_clustered_mcnemar_is_durkalskis_statistic():
+    # Clusters (2 only-A, 0 only-B) twice: X2 = (2 + 2)^2 / (2^2 + 2^2) = 2.
+    assert mcnemar_clustered([2, 2], [0, 0]) == pytest.approx(chi2.sf(2.0, 1), rel=1e-12)
+    # Discordance that cancels over the clusters is no evidence; no discordance at all is p 1.
+    assert mcnemar_clustered([2, 0, 1], [0, 3, 0]) == 1.0 and mcnemar_clustered([0, 0], [0, 0]) == 1.0
+    # One image per cluster: the usual asymptotic McNemar, (a - b)^2 / (a + b).
+    assert mcnemar_clustered([1, 1, 0, 0, 0], [0, 0, 1, 1, 1]) == pytest.approx(chi2.sf(1 / 5, 1), rel=1e-12)
+
+
+def test_mcnemar_counts_copies_of_one_radiograph_once():
+    # The 100 images each present twice: image by image the exact test sees 4 against 20 discordant images
+    # (p about 0.0015); counted by radiograph it is the 100 images' own evidence, 2 against 10.
+    truth, predicted_a, predicted_b = (np.tile(values, 2) for values in _hundred_images())
+    copies = np.tile(np.arange(100), 2)
+    naive = paired_comparison(truth, predicted_a, predicted_b, 0)
+    grouped = paired_comparison(truth, predicted_a, predicted_b, 0, copies=copies)
+    assert naive["mcnemar"]["p_value"] == pytest.approx(binomtest(4, 24, 0.5).pvalue)
+    assert grouped["mcnemar"]["test"] == CLUSTERED_MCNEMAR_TEST
+    assert grouped["mcnemar"]["p_value"] == pytest.approx(chi2.sf((10 - 2) ** 2 / 12, 1), rel=1e-12)
+    assert naive["mcnemar"]["p_value"] < grouped["mcnemar"]["p_value"] / 5
+    assert comparison_lines(grouped, "A", "B")[4] == (
+        "McNemar test for clustered pairs (Durkalski) on the 24 images only one got right, copies of one "
+        f"radiograph counted as one: p = {grouped['mcnemar']['p_value']:.3g}")

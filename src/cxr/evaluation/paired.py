@@ -13,15 +13,18 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.stats import binomtest
+from scipy.stats import binomtest, chi2
 from sklearn.metrics import f1_score
 
 from cxr.data.split import group_ids
 from cxr.evaluation.metrics import resampling_unit, stratified_resamples
 
-__all__ = ["MCNEMAR_TEST", "align", "comparison_lines", "mcnemar_exact", "paired_comparison", "shared_groups"]
+__all__ = ["CLUSTERED_MCNEMAR_TEST", "MCNEMAR_TEST", "align", "comparison_lines", "mcnemar_clustered", "mcnemar_exact",
+           "paired_comparison", "shared_groups"]
 
 MCNEMAR_TEST = "McNemar exact (two-sided binomial on discordant pairs, scipy.stats.binomtest)"
+CLUSTERED_MCNEMAR_TEST = ("McNemar for clustered pairs (Durkalski et al. 2003, Stat Med 22:2417): chi-square, 1 df, "
+                          "over duplicate groups")
 LEVEL = 0.95
 _COLUMNS = ("file", "true_label", "predicted_label")
 
@@ -46,6 +49,26 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     if a_only + b_only == 0:
         return 1.0
     return float(binomtest(a_only, a_only + b_only, 0.5).pvalue)
+
+
+def mcnemar_clustered(a_only: np.ndarray, b_only: np.ndarray) -> float:
+    """McNemar's test when pairs come in clusters (here: copies of one radiograph), which are not independent
+    evidence: X2 = (sum_k (a_k - b_k))^2 / sum_k (a_k - b_k)^2 over the clusters k, chi-square with 1 degree of
+    freedom (Durkalski et al. 2003). With every cluster a single image it is the usual asymptotic McNemar,
+    (a - b)^2 / (a + b).
+
+    Args:
+        a_only: per cluster, images model A got right and model B wrong.
+        b_only: per cluster, images model B got right and model A wrong.
+
+    Returns:
+        The two-sided p value; 1.0 without discordant images.
+    """
+    differences = np.asarray(a_only, dtype=float) - np.asarray(b_only, dtype=float)
+    spread = float((differences ** 2).sum())
+    if spread == 0:
+        return 1.0
+    return float(chi2.sf(differences.sum() ** 2 / spread, 1))
 
 
 def align(frame_a: pd.DataFrame, frame_b: pd.DataFrame, name_a: str = "A",
@@ -172,15 +195,22 @@ def paired_comparison(truth: np.ndarray, predicted_a: np.ndarray, predicted_b: n
         for entry, values in ((accuracy, gaps), (macro_f1, f1_gaps)):
             entry["ci_low"], entry["ci_high"] = (float(bound) for bound in np.percentile(values, [tail, 100 - tail]))
     a_only, b_only = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    unit = resampling_unit(truth, copies)
+    if unit == "duplicate group":  # copies are one piece of evidence: the test counts groups, not images
+        _, cluster = np.unique(np.asarray(copies), return_inverse=True)
+        test, p_value = CLUSTERED_MCNEMAR_TEST, mcnemar_clustered(
+            np.bincount(cluster, weights=right_a & ~right_b), np.bincount(cluster, weights=right_b & ~right_a))
+    else:
+        test, p_value = MCNEMAR_TEST, mcnemar_exact(a_only, b_only)
     result = {
         "images": n,
         "bootstrap": {"resamples": int(n_resamples), "seed": int(seed), "level": LEVEL, "paired": True,
-                      "stratified": True, "unit": resampling_unit(truth, copies)},
+                      "stratified": True, "unit": unit},
         "accuracy": accuracy,
         "macro_f1": macro_f1,
         "mcnemar": {"a_right_b_wrong": a_only, "a_wrong_b_right": b_only,
                     "both_right": int((right_a & right_b).sum()), "both_wrong": int((~right_a & ~right_b).sum()),
-                    "p_value": mcnemar_exact(a_only, b_only), "test": MCNEMAR_TEST},
+                    "p_value": p_value, "test": test},
     }
     result["verdict"] = _verdict(result, "A", "B")
     return result
@@ -209,10 +239,12 @@ def comparison_lines(result: dict, name_a: str, name_b: str) -> list[str]:
                     if entry.get("ci_low") is not None else "")
         lines.append(f"{label}: {name_a} {entry['a']:.3f}, {name_b} {entry['b']:.3f}, "
                      f"{name_b} - {name_a} {entry['difference']:+.3f}{interval}")
+    test = (f"McNemar test for clustered pairs (Durkalski) on the {_count(discordant, 'image')} only one got right, "
+            "copies of one radiograph counted as one" if counts["test"] == CLUSTERED_MCNEMAR_TEST
+            else f"McNemar exact test on the {_count(discordant, 'image')} only one got right")
     lines += [f"both right {counts['both_right']}, only {name_a} right {counts['a_right_b_wrong']}, "
               f"only {name_b} right {counts['a_wrong_b_right']}, both wrong {counts['both_wrong']}",
-              f"McNemar exact test on the {_count(discordant, 'image')} only one got right: "
-              f"p {_p_text(counts['p_value'])}",
+              f"{test}: p {_p_text(counts['p_value'])}",
               _verdict(result, name_a, name_b)]
     return lines
 
