@@ -169,8 +169,8 @@ def settings_differ(run: Path, arguments: list[str]) -> str | None:
     def comparable(key: str, value):
         return Path(str(value)).name if key == "weights" and value not in (None, "none") else value
 
-    differ = [f"{key} {comparable(key, config.get(key))} instead of {comparable(key, getattr(wanted, key))}"
-              for key in COMPARED if comparable(key, config.get(key)) != comparable(key, getattr(wanted, key))]
+    pairs = {key: (comparable(key, config.get(key)), comparable(key, getattr(wanted, key))) for key in COMPARED}
+    differ = [f"{key} {found} instead of {asked}" for key, (found, asked) in pairs.items() if found != asked]
     return ", ".join(differ) or None
 
 

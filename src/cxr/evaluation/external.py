@@ -97,14 +97,14 @@ def evaluate_external(
     excluded = set() if keep_overlap else set(overlap.loc[overlap["run_split"].isin(leakage.EXCLUDED_SPLITS), "file"])
     # Copies within the folder itself (as `cxr split` finds them) are resampled together by the bootstrap.
     external = external.assign(group=duplicate_groups(external, config.duplicate_distance)[0])
-    repeated = external["group"].value_counts()
-    if (repeated > 1).any():
-        echo(f"copies within the folder: {int((repeated > 1).sum())} group(s) of one radiograph "
-             f"({int(repeated[repeated > 1].sum())} images); the bootstrap draws each group as one")
     scored_frame = external[~external["file"].isin(excluded)].reset_index(drop=True)[["file", "label", "group"]]
     if scored_frame.empty:
         raise DatasetError(f"every image in {scan.root} is a copy of one of the run's training or validation "
                            "images (see the leakage check above); nothing external is left to evaluate")
+    copies = _copy_groups(scored_frame)
+    if copies["groups"]:
+        echo(f"copies within the folder: {copies['groups']} group(s) of one radiograph ({copies['images']} "
+             "images); the bootstrap draws each group as one")
 
     model = load_model(run.model_path)
     images = load_split_images(None, scan.root, scored_frame["file"], int(model.input_shape[1]),
@@ -160,13 +160,18 @@ def match_classes(folders: list[str], classes: list[str], root: str | os.PathLik
 
 def _description(scan: Scan, name: str | None, external: pd.DataFrame, scored: pd.DataFrame, checked: dict) -> dict:
     counts = scored["label"].value_counts()
-    sizes = scored["group"].value_counts()
     return {"data": str(scan.root), "name": name or scan.root.name, "layout": scan.layout,
             "folders": list(scan.classes), "images_found": int(len(external)), "unreadable": int(len(scan.skipped)),
             "scored": int(len(scored)), "per_class": {label: int(counts[label]) for label in sorted(counts.index)},
-            "overlap": checked,
-            # Copies of one radiograph among the scored images: the bootstrap draws each group as one.
-            "copy_groups": {"groups": int((sizes > 1).sum()), "images": int(sizes[sizes > 1].sum())}}
+            "overlap": checked, "copy_groups": _copy_groups(scored)}
+
+
+def _copy_groups(scored: pd.DataFrame) -> dict[str, int]:
+    """Copies of one radiograph among the scored images (groups of 2 or more, and their images), which the
+    bootstrap draws as one: what the console says and metrics.json records.
+    """
+    sizes = scored["group"].value_counts()
+    return {"groups": int((sizes > 1).sum()), "images": int(sizes[sizes > 1].sum())}
 
 
 def compute_external_metrics(scored: Predictions, classes: list[str], run: Run, *, resamples: int, seed: int,
